@@ -19,7 +19,9 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(ops.convert_to_numpy(x))
 
 
-def value_and_grad(fn: Callable[[Any], Any], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def value_and_grad(
+    fn: Callable[[Any], Any], x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Value of ``fn(x)`` and the gradient of ``sum(fn(x))`` with respect to ``x``,
     on the active Keras backend."""
     backend = keras.backend.backend()

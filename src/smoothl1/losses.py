@@ -22,8 +22,11 @@ Arguments shared by every loss class:
 
 from __future__ import annotations
 
+import threading
+import types
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import keras
 from keras import ops
@@ -63,7 +66,8 @@ def align(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
 
     aligned_true, aligned_pred = tuple(y_true.shape), tuple(y_pred.shape)
     compatible = len(aligned_true) == len(aligned_pred) and all(
-        a is None or b is None or a == b for a, b in zip(aligned_true, aligned_pred)
+        a is None or b is None or a == b
+        for a, b in zip(aligned_true, aligned_pred, strict=True)
     )
     if not compatible:
         raise ValueError(
@@ -79,15 +83,22 @@ def per_sample(
     y_true: Any,
     y_pred: Any,
     axis: int | None = -1,
+    *,
+    with_y_true: bool = False,
     **params: Any,
 ) -> Any:
     """Applies ``penalty(y_pred - y_true, **params)`` and averages over ``axis``.
 
     This is the one place where a loss turns inputs into per-sample (``axis=-1``) or
-    per-element (``axis=None``) values.
+    per-element (``axis=None``) values. With ``with_y_true=True`` the penalty also
+    receives the aligned targets, as ``penalty(y_pred - y_true, y_true, **params)``
+    (Adaptive Wing's exponent depends on them).
     """
     y_true, y_pred = align(y_true, y_pred)
-    values = penalty(y_pred - y_true, **params)
+    if with_y_true:
+        values = penalty(y_pred - y_true, y_true, **params)
+    else:
+        values = penalty(y_pred - y_true, **params)
     if axis is None:
         return values
     if len(values.shape) == 0:
@@ -117,11 +128,13 @@ class PenaltyLoss(keras.losses.Loss):
     A subclass sets ``penalty`` (an elementwise function of ``d = y_pred - y_true``
     from :mod:`smoothl1.penalties`) and passes its checked hyper-parameters to
     ``__init__`` as keyword arguments; they are given to ``penalty`` and kept in
-    ``get_config``. See the module docstring for ``axis``, ``reduction``, ``name`` and
-    ``dtype``.
+    ``get_config``. A penalty that also needs the targets (called as ``penalty(d,
+    y_true, **params)``) is marked by ``penalty_takes_y_true = True``. See the module
+    docstring for ``axis``, ``reduction``, ``name`` and ``dtype``.
     """
 
     penalty: Callable[..., Any]
+    penalty_takes_y_true: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -151,7 +164,14 @@ class PenaltyLoss(keras.losses.Loss):
         return loss
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        return per_sample(type(self).penalty, y_true, y_pred, self.axis, **self.params)
+        return per_sample(
+            type(self).penalty,
+            y_true,
+            y_pred,
+            self.axis,
+            with_y_true=self.penalty_takes_y_true,
+            **self.params,
+        )
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -238,3 +258,815 @@ def smooth_l1(y_true: Any, y_pred: Any, beta: penalties.Beta = 1.0) -> Any:
     [1.3125]
     """
     return per_sample(penalties.smooth_l1, y_true, y_pred, beta=beta)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class HuberLoss(PenaltyLoss):
+    """Huber loss (Huber, 1964), the smooth L1 family member with slope ``delta``.
+
+    With ``d = y_pred - y_true``, elementwise::
+
+        huber(d; delta) = 0.5 * d**2                    if |d| <= delta
+                          delta * (|d| - 0.5 * delta)   otherwise
+
+    It equals ``delta * smooth_l1(d; beta=delta)`` and, with the default ``axis=-1``,
+    ``keras.losses.Huber(delta)``. Smooth everywhere; its gradient is
+    ``clip(d, -delta, delta)``.
+
+    Args:
+        delta: threshold and slope of the linear part, a number > 0.
+        axis, reduction, name, dtype: see :mod:`smoothl1.losses`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import HuberLoss
+    >>> y_true = np.zeros((1, 2), dtype="float32")
+    >>> y_pred = np.array([[0.5, 3.0]], dtype="float32")
+    >>> # (0.5 * 0.5**2 + 2 * (3 - 1)) / 2 = (0.125 + 4) / 2 = 2.0625
+    >>> round(float(HuberLoss(delta=2.0)(y_true, y_pred)), 5)
+    2.0625
+    """
+
+    penalty = staticmethod(penalties.huber)
+
+    def __init__(
+        self,
+        delta: float = 1.0,
+        *,
+        axis: int | None = -1,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "huber_loss",
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            axis=axis,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            delta=penalties.check_positive("delta", delta),
+        )
+
+    @property
+    def delta(self) -> float:
+        return self.params["delta"]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BalancedL1Loss(PenaltyLoss):
+    """Balanced L1 loss (Pang et al., Libra R-CNN, CVPR 2019).
+
+    With ``d = y_pred - y_true`` and ``b = exp(gamma / alpha) - 1``, elementwise::
+
+        alpha / b * (b |d| + 1) * ln(b |d| / beta + 1) - alpha |d|   if |d| < beta
+        gamma |d| + gamma / b - alpha beta                           otherwise
+
+    Continuous for every ``beta``; its slope is continuous at ``|d| = beta`` only
+    for ``beta = 1`` (see :func:`smoothl1.penalties.balanced_l1`).
+
+    Args:
+        alpha: weight of the inner piece, a number > 0.
+        gamma: slope of the outer piece, a number > 0.
+        beta: threshold between the pieces, a number > 0.
+        axis, reduction, name, dtype: see :mod:`smoothl1.losses`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import BalancedL1Loss
+    >>> y_true = np.zeros((1, 2), dtype="float32")
+    >>> y_pred = np.array([[1.0, -3.0]], dtype="float32")
+    >>> # b = e**3 - 1; |d| = 1: 1.5 + 1.5 / b - 0.5 = 1.07859; |d| = 3: 4.07859
+    >>> round(float(BalancedL1Loss()(y_true, y_pred)), 4)  # (1.07859 + 4.07859) / 2
+    2.5786
+    """
+
+    penalty = staticmethod(penalties.balanced_l1)
+
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        gamma: float = 1.5,
+        beta: float = 1.0,
+        *,
+        axis: int | None = -1,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "balanced_l1_loss",
+        dtype: Any = None,
+    ) -> None:
+        penalties.balanced_l1_b(alpha, gamma)
+        super().__init__(
+            axis=axis,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            alpha=float(alpha),
+            gamma=float(gamma),
+            beta=penalties.check_positive("beta", beta),
+        )
+
+    @property
+    def alpha(self) -> float:
+        return self.params["alpha"]
+
+    @property
+    def gamma(self) -> float:
+        return self.params["gamma"]
+
+    @property
+    def beta(self) -> float:
+        return self.params["beta"]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class WingLoss(PenaltyLoss):
+    """Wing loss (Feng et al., CVPR 2018), for landmark coordinates.
+
+    With ``d = y_pred - y_true``, ``w = width`` and ``eps = curvature``,
+    elementwise::
+
+        w ln(1 + |d| / eps)   if |d| < w
+        |d| - C               otherwise,   C = w - w ln(1 + w / eps)
+
+    Continuous; not smooth at ``d = 0`` (by design) or at ``|d| = w`` (see
+    :func:`smoothl1.penalties.wing`).
+
+    Args:
+        width: ``w``, the half-width of the log region, a number > 0.
+        curvature: ``eps``, the curvature of the log region, a number > 0.
+        axis, reduction, name, dtype: see :mod:`smoothl1.losses`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import WingLoss
+    >>> y_true = np.zeros((1, 2), dtype="float32")
+    >>> y_pred = np.array([[2.0, -12.0]], dtype="float32")
+    >>> # 10 ln 2 = 6.93147; 12 - (10 - 10 ln 6) = 19.91759; mean 13.42453
+    >>> round(float(WingLoss()(y_true, y_pred)), 4)
+    13.4245
+    """
+
+    penalty = staticmethod(penalties.wing)
+
+    def __init__(
+        self,
+        width: float = 10.0,
+        curvature: float = 2.0,
+        *,
+        axis: int | None = -1,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "wing_loss",
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            axis=axis,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            width=penalties.check_positive("width", width),
+            curvature=penalties.check_positive("curvature", curvature),
+        )
+
+    @property
+    def width(self) -> float:
+        return self.params["width"]
+
+    @property
+    def curvature(self) -> float:
+        return self.params["curvature"]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class AdaptiveWingLoss(PenaltyLoss):
+    """Adaptive Wing loss (Wang, Bo and Fuxin, ICCV 2019), for heatmaps.
+
+    With ``d = y_pred - y_true`` and the per-element exponent ``p = alpha -
+    y_true``, elementwise::
+
+        omega ln(1 + (|d| / epsilon)**p)   if |d| < theta
+        A |d| - C                          otherwise
+
+    with ``A`` and ``C`` chosen so that the value and the slope are continuous at
+    ``|d| = theta``. The small-error piece divides by ``epsilon``, as in the paper
+    (see :func:`smoothl1.penalties.adaptive_wing`).
+
+    Args:
+        alpha: the exponent for a target of 0, a number > 0.
+        omega: the scale of the penalty, a number > 0.
+        epsilon: the residual scale inside the log, a number > 0.
+        theta: the threshold between the pieces, a number > 0.
+        axis, reduction, name, dtype: see :mod:`smoothl1.losses`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import AdaptiveWingLoss
+    >>> y_true = np.array([[0.0, 0.1]], dtype="float32")
+    >>> y_pred = np.array([[0.0, 1.1]], dtype="float32")
+    >>> # d = 0 gives 0; d = 1 with p = 2 gives 8.724 (see the penalty's example)
+    >>> round(float(AdaptiveWingLoss()(y_true, y_pred)), 3)
+    4.362
+    """
+
+    penalty = staticmethod(penalties.adaptive_wing)
+    penalty_takes_y_true = True
+
+    def __init__(
+        self,
+        alpha: float = 2.1,
+        omega: float = 14.0,
+        epsilon: float = 1.0,
+        theta: float = 0.5,
+        *,
+        axis: int | None = -1,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "adaptive_wing_loss",
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            axis=axis,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            alpha=penalties.check_positive("alpha", alpha),
+            omega=penalties.check_positive("omega", omega),
+            epsilon=penalties.check_positive("epsilon", epsilon),
+            theta=penalties.check_positive("theta", theta),
+        )
+
+    @property
+    def alpha(self) -> float:
+        return self.params["alpha"]
+
+    @property
+    def omega(self) -> float:
+        return self.params["omega"]
+
+    @property
+    def epsilon(self) -> float:
+        return self.params["epsilon"]
+
+    @property
+    def theta(self) -> float:
+        return self.params["theta"]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CharbonnierLoss(PenaltyLoss):
+    """Charbonnier loss in the LapSRN form (Lai et al., CVPR 2017).
+
+    With ``d = y_pred - y_true``, elementwise ``sqrt(d**2 + epsilon**2)``: smooth
+    everywhere, quadratic for ``|d|`` much below ``epsilon`` and L1 above. The value
+    at ``d = 0`` is ``epsilon`` (see :func:`smoothl1.penalties.charbonnier` for why
+    ``epsilon`` is squared and the constant kept).
+
+    Args:
+        epsilon: the residual scale of the quadratic core, a number > 0.
+        axis, reduction, name, dtype: see :mod:`smoothl1.losses`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import CharbonnierLoss
+    >>> y_true = np.zeros((1, 2), dtype="float32")
+    >>> y_pred = np.array([[0.3, -4.0]], dtype="float32")
+    >>> # (sqrt(0.09 + 0.16) + sqrt(16.16)) / 2 = (0.5 + 4.01995) / 2 = 2.25998
+    >>> round(float(CharbonnierLoss(epsilon=0.4)(y_true, y_pred)), 4)
+    2.26
+    """
+
+    penalty = staticmethod(penalties.charbonnier)
+
+    def __init__(
+        self,
+        epsilon: float = 1e-3,
+        *,
+        axis: int | None = -1,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "charbonnier_loss",
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            axis=axis,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            epsilon=penalties.check_positive("epsilon", epsilon),
+        )
+
+    @property
+    def epsilon(self) -> float:
+        return self.params["epsilon"]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GeneralRobustLoss(PenaltyLoss):
+    """General robust loss (Barron, CVPR 2019) with a fixed shape ``alpha``.
+
+    With ``d = y_pred - y_true``, ``z = (d / scale)**2`` and ``b = |alpha - 2|``,
+    elementwise ``b / alpha * ((z / b + 1)**(alpha / 2) - 1)``, with its exact limits
+    at ``alpha = 2`` (``z / 2``), ``0`` (``ln(z / 2 + 1)``), ``-inf``
+    (``1 - exp(-z / 2)``) and ``+inf`` (``exp(z / 2) - 1``, capped). Smooth
+    everywhere (see :func:`smoothl1.penalties.general_robust`).
+
+    Args:
+        alpha: the shape, any real number or ``inf`` / ``-inf``; lower is more
+            robust to outliers.
+        scale: the residual scale of the quadratic core, a number > 0.
+        axis, reduction, name, dtype: see :mod:`smoothl1.losses`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import GeneralRobustLoss
+    >>> y_true = np.zeros((1, 2), dtype="float32")
+    >>> y_pred = np.array([[0.0, 2.0]], dtype="float32")
+    >>> # alpha = 0: (ln(1) + ln(0.5 * 4 + 1)) / 2 = ln(3) / 2 = 0.5493
+    >>> round(float(GeneralRobustLoss(alpha=0.0)(y_true, y_pred)), 4)
+    0.5493
+    """
+
+    penalty = staticmethod(penalties.general_robust)
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        scale: float = 1.0,
+        *,
+        axis: int | None = -1,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "general_robust_loss",
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            axis=axis,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            alpha=penalties.check_not_nan("alpha", alpha),
+            scale=penalties.check_positive("scale", scale),
+        )
+
+    @property
+    def alpha(self) -> float:
+        return self.params["alpha"]
+
+    @property
+    def scale(self) -> float:
+        return self.params["scale"]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def huber(y_true: Any, y_pred: Any, delta: float = 1.0) -> Any:
+    """Per-sample Huber: the mean over the last axis of ``huber(y_pred - y_true;
+    delta)``. See :class:`HuberLoss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import huber
+    >>> # (0.5 * 0.5**2 + 1 * (3 - 0.5)) / 2 = 1.3125
+    >>> np.asarray(huber(np.zeros((1, 2)), np.array([[0.5, 3.0]])), "float64").tolist()
+    [1.3125]
+    """
+    return per_sample(penalties.huber, y_true, y_pred, delta=delta)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def balanced_l1(
+    y_true: Any,
+    y_pred: Any,
+    alpha: float = 0.5,
+    gamma: float = 1.5,
+    beta: float = 1.0,
+) -> Any:
+    """Per-sample balanced L1: the mean over the last axis of ``balanced_l1(y_pred
+    - y_true; alpha, gamma, beta)``. See :class:`BalancedL1Loss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import balanced_l1
+    >>> # (0 + (4.5 + 1.5 / (e**3 - 1) - 0.5)) / 2 = 4.07859 / 2 = 2.0393
+    >>> y_pred = np.array([[0.0, 3.0]])
+    >>> np.asarray(balanced_l1(np.zeros((1, 2)), y_pred), "float64").round(4).tolist()
+    [2.0393]
+    """
+    return per_sample(
+        penalties.balanced_l1, y_true, y_pred, alpha=alpha, gamma=gamma, beta=beta
+    )
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def wing(y_true: Any, y_pred: Any, width: float = 10.0, curvature: float = 2.0) -> Any:
+    """Per-sample Wing: the mean over the last axis of ``wing(y_pred - y_true;
+    width, curvature)``. See :class:`WingLoss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import wing
+    >>> # (10 ln(1 + 2 / 2) + 10 ln(1 + 0)) / 2 = 6.93147 / 2 = 3.4657
+    >>> y_pred = np.array([[2.0, 0.0]])
+    >>> np.asarray(wing(np.zeros((1, 2)), y_pred), "float64").round(4).tolist()
+    [3.4657]
+    """
+    return per_sample(penalties.wing, y_true, y_pred, width=width, curvature=curvature)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def adaptive_wing(
+    y_true: Any,
+    y_pred: Any,
+    alpha: float = 2.1,
+    omega: float = 14.0,
+    epsilon: float = 1.0,
+    theta: float = 0.5,
+) -> Any:
+    """Per-sample Adaptive Wing: the mean over the last axis of
+    ``adaptive_wing(y_pred - y_true, y_true; alpha, omega, epsilon, theta)``. See
+    :class:`AdaptiveWingLoss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import adaptive_wing
+    >>> # d = 0.25 with p = 2.1 - 1.1 = 1: 14 ln(1.25) = 3.1240; d = 0 gives 0
+    >>> y_true = np.array([[1.1, 0.0]])
+    >>> y_pred = np.array([[1.35, 0.0]])
+    >>> np.asarray(adaptive_wing(y_true, y_pred), "float64").round(3).tolist()
+    [1.562]
+    """
+    return per_sample(
+        penalties.adaptive_wing,
+        y_true,
+        y_pred,
+        with_y_true=True,
+        alpha=alpha,
+        omega=omega,
+        epsilon=epsilon,
+        theta=theta,
+    )
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def charbonnier(y_true: Any, y_pred: Any, epsilon: float = 1e-3) -> Any:
+    """Per-sample Charbonnier: the mean over the last axis of ``sqrt((y_pred -
+    y_true)**2 + epsilon**2)``. See :class:`CharbonnierLoss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import charbonnier
+    >>> # (sqrt(0.3**2 + 0.4**2) + sqrt(0 + 0.4**2)) / 2 = (0.5 + 0.4) / 2 = 0.45
+    >>> y_pred = np.array([[0.3, 0.0]])
+    >>> values = charbonnier(np.zeros((1, 2)), y_pred, epsilon=0.4)
+    >>> np.asarray(values, "float64").round(4).tolist()
+    [0.45]
+    """
+    return per_sample(penalties.charbonnier, y_true, y_pred, epsilon=epsilon)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def general_robust(
+    y_true: Any, y_pred: Any, alpha: float = 1.0, scale: float = 1.0
+) -> Any:
+    """Per-sample general robust loss: the mean over the last axis of
+    ``general_robust(y_pred - y_true; alpha, scale)``. See :class:`GeneralRobustLoss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1 import general_robust
+    >>> # alpha = 2: (0.5 * 2**2 + 0.5 * 0**2) / 2 = 1
+    >>> y_pred = np.array([[2.0, 0.0]])
+    >>> np.asarray(general_robust(np.zeros((1, 2)), y_pred, 2.0), "float64").tolist()
+    [1.0]
+    """
+    return per_sample(
+        penalties.general_robust, y_true, y_pred, alpha=alpha, scale=scale
+    )
+
+
+# ---------------------------------------------------------------- self-adjusting beta
+
+# The state layer that was built or ran last in this thread, by name: a weak
+# reference and whether it ran in training mode. Keras runs the forward pass before
+# the loss in every train and test step, so the loss finds here the layer of the
+# model it is training and the mode of the step (see SelfAdjustingSmoothL1Loss).
+_LAST_RUN = threading.local()
+
+
+def _last_run() -> dict[str, tuple[weakref.ref[Any], bool]]:
+    table = getattr(_LAST_RUN, "table", None)
+    if table is None:
+        table = _LAST_RUN.table = {}
+    return table
+
+
+def _sum_over_replicas(x: Any) -> Any:
+    """Sums ``x`` over the replicas of a data-parallel step (identity otherwise).
+
+    TensorFlow: inside a ``tf.distribute`` replica context with several replicas,
+    an all-reduce. PyTorch: with ``torch.distributed`` initialized, an all-reduce
+    over the process group. JAX: nothing to do; under ``keras.distribution`` the
+    batch is one array sharded over the devices, so a sum over it already covers
+    every device.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
+    elif backend == "torch":
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            x = x.clone()
+            dist.all_reduce(x)
+    return x
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SelfAdjustingBetaState(keras.layers.Layer):
+    """The running state of :class:`SelfAdjustingSmoothL1Loss`, as an identity layer
+    on the model's output.
+
+    It holds, for each coordinate of the last axis, the running mean and variance
+    of ``|d|`` as two non-trainable float32 weights. Being a layer of the model is
+    what makes the state work everywhere: Keras saves its weights with the model,
+    threads them through JAX's stateless train and test steps like batch-norm
+    statistics, and passes it the ``training`` flag of the step. It returns its
+    input unchanged and has no trainable weights.
+
+    Args:
+        initial_mean: the running mean before any update (the loss passes its
+            ``beta_max``, so that training starts at ``beta = beta_max``); the
+            running variance starts at 0.
+        **kwargs: ``name``, ``dtype`` and the other ``keras.layers.Layer``
+            arguments.
+    """
+
+    def __init__(self, initial_mean: float = 1.0 / 9.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.initial_mean = penalties.check_nonnegative("initial_mean", initial_mean)
+        self.supports_masking = True
+
+    def build(self, input_shape: Any) -> None:
+        units = input_shape[-1] if len(input_shape) else None
+        if units is None:
+            raise ValueError(
+                "SelfAdjustingBetaState needs a known last axis (one running mean "
+                f"and variance per coordinate). Received: input_shape={input_shape}"
+            )
+        common = {
+            "shape": (units,),
+            "dtype": "float32",
+            "trainable": False,
+            "autocast": False,
+            "aggregation": "mean",
+        }
+        self.running_mean = self.add_weight(
+            name="running_mean",
+            initializer=keras.initializers.Constant(self.initial_mean),
+            **common,
+        )
+        self.running_var = self.add_weight(
+            name="running_var", initializer="zeros", **common
+        )
+        # A model just built or loaded is the one its loss should find, even
+        # before its first step (e.g. to read `loss.beta` after load_model).
+        _last_run()[self.name] = (weakref.ref(self), False)
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        _last_run()[self.name] = (weakref.ref(self), bool(training))
+        return inputs
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        return mask
+
+    def update(self, abs_residual: Any, momentum: float) -> None:
+        """Moves the running mean and variance towards those of ``abs_residual``
+        (any shape, last axis = coordinates) by ``momentum``, with the statistics
+        summed over every replica; a batch of fewer than 2 rows changes nothing."""
+        units = self.running_mean.shape[0]
+        rows = ops.reshape(ops.cast(abs_residual, "float32"), (-1, units))
+        count = _sum_over_replicas(ops.cast(ops.shape(rows)[0], "float32"))
+        mean = _sum_over_replicas(ops.sum(rows, axis=0)) / ops.maximum(count, 1.0)
+        squares = _sum_over_replicas(ops.sum(ops.square(rows - mean), axis=0))
+        # Bessel's correction (n - 1), as torch.var; a single row has no variance.
+        var = squares / ops.maximum(count - 1.0, 1.0)
+        keep = ops.where(count >= 2.0, 1.0 - momentum, 1.0)
+        self.running_mean.assign(keep * self.running_mean + (1.0 - keep) * mean)
+        self.running_var.assign(keep * self.running_var + (1.0 - keep) * var)
+
+    def beta(self, beta_min: float, beta_max: float) -> Any:
+        """``clip(running_mean - running_var, beta_min, beta_max)``, per coordinate."""
+        return ops.clip(self.running_mean - self.running_var, beta_min, beta_max)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(initial_mean=self.initial_mean)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SelfAdjustingSmoothL1Loss(PenaltyLoss):
+    """Smooth L1 whose ``beta`` follows the residuals (the self-adjusting smooth L1
+    of Fu, Shvets and Berg, "RetinaMask", arXiv:1901.03353, 2019).
+
+    Per coordinate ``j`` of the last axis, training keeps a running mean ``m_j``
+    and variance ``v_j`` of ``|d|`` (``d = y_pred - y_true``), and the penalty is
+    :func:`smoothl1.penalties.smooth_l1` with::
+
+        m_j <- (1 - momentum) m_j + momentum * mean of |d_j| over the batch
+        v_j <- (1 - momentum) v_j + momentum * variance of |d_j| (n - 1 divisor)
+        beta_j = clip(m_j - v_j, beta_min, beta_max)
+
+    The update comes first, so a step is penalized with the ``beta`` its own batch
+    moved. The state starts at ``m = beta_max, v = 0`` (``beta = beta_max``); a
+    batch of fewer than 2 rows leaves it unchanged; ``sample_weight`` and masks
+    weight the loss but not the statistics; ``beta`` gets no gradient.
+
+    The state lives in a layer of the model, :class:`SelfAdjustingBetaState`, an
+    identity on the output. Put it there once, with ``model = loss.attach(model)``
+    or by hand (``outputs = loss.state_layer()(outputs)``). That is what makes it
+    work with Keras's ``fit`` and ``evaluate`` on every backend:
+
+    - updated at every training step, in JAX's stateless step too, because Keras
+      threads a layer's non-trainable weights through it;
+    - frozen in evaluation: the layer sees the step's ``training`` flag and the
+      loss updates only when it is true (``evaluate``, validation, ``predict`` and
+      ``model(x)`` change nothing);
+    - summed over replicas: with ``tf.distribute`` (all-reduce in the replica
+      context), with ``torch.distributed`` (all-reduce over the process group),
+      and on JAX under ``keras.distribution`` (one global batch);
+    - saved and restored with the model, as the layer's weights; the reloaded
+      loss finds the reloaded layer by its name (``state_name``).
+
+    Note:
+        A Keras loss is never given its model, so the loss finds its layer as "the
+        layer named ``state_name`` that was built or ran last in this thread".
+        Keras runs the forward pass just before the loss in every step, so this
+        is exact inside ``fit``, ``evaluate`` and ``train_on_batch``; a custom
+        loop must do the same (call the model, then the loss), and two models
+        whose state layers share a name must not be trained in the same thread
+        at the same time. Calling the loss before any such layer exists raises
+        ``ValueError``. Loops written with ``jax.pmap`` are not synchronized
+        (there is no axis name to reduce over). During a JAX ``fit`` the layer's
+        weights, and so ``loss.beta``, are synced from the training state at the
+        end of each epoch, not after every batch.
+
+    Args:
+        momentum: weight of the new batch in the running statistics, in (0, 1].
+        beta_max: the largest ``beta``, and the starting one, a number > 0.
+        beta_min: the smallest ``beta``, a number in (0, beta_max].
+        state_name: the name of the state layer; by default a fresh, unique one.
+        axis, reduction, name, dtype: see :mod:`smoothl1.losses`.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from smoothl1 import SelfAdjustingSmoothL1Loss
+    >>> loss = SelfAdjustingSmoothL1Loss(momentum=0.5, beta_max=1.0)
+    >>> y_pred = np.array([[0.0], [1.0], [2.0], [3.0]], dtype="float32")
+    >>> _ = loss.state_layer()(y_pred, training=True)  # as the model's forward pass
+    >>> value = loss(np.zeros_like(y_pred), y_pred)
+    >>> # |d| = 0, 1, 2, 3: mean 1.5, variance 5 / 3; m = 0.5 * 1 + 0.5 * 1.5 = 1.25,
+    >>> # v = 0.5 * 5 / 3 = 0.8333; beta = clip(1.25 - 0.8333, 1e-3, 1) = 0.4167
+    >>> [round(b, 4) for b in loss.beta]
+    [0.4167]
+    """
+
+    penalty = staticmethod(penalties.smooth_l1)
+
+    def __init__(
+        self,
+        momentum: float = 0.1,
+        beta_max: float = 1.0 / 9.0,
+        beta_min: float = 1e-3,
+        *,
+        state_name: str | None = None,
+        axis: int | None = -1,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "self_adjusting_smooth_l1_loss",
+        dtype: Any = None,
+    ) -> None:
+        momentum = penalties.check_positive("momentum", momentum)
+        if momentum > 1:
+            raise ValueError(
+                "Invalid value for argument `momentum`: expected a number in (0, 1]. "
+                f"Received: momentum={momentum!r}"
+            )
+        beta_max = penalties.check_positive("beta_max", beta_max)
+        beta_min = penalties.check_positive("beta_min", beta_min)
+        if beta_min > beta_max:
+            raise ValueError(
+                "Invalid values for arguments `beta_min` and `beta_max`: expected "
+                f"beta_min <= beta_max. Received: beta_min={beta_min!r}, "
+                f"beta_max={beta_max!r}"
+            )
+        super().__init__(
+            axis=axis,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+            momentum=momentum,
+            beta_max=beta_max,
+            beta_min=beta_min,
+        )
+        # Held in a namespace, not as an attribute, so that Keras's saving does not
+        # walk into it: the layer is saved once, as a layer of the model.
+        self._own = types.SimpleNamespace(layer=None)
+        if state_name is None:
+            self._own.layer = SelfAdjustingBetaState(initial_mean=beta_max)
+            state_name = self._own.layer.name
+        self.state_name = state_name
+
+    @property
+    def momentum(self) -> float:
+        return self.params["momentum"]
+
+    @property
+    def beta_max(self) -> float:
+        return self.params["beta_max"]
+
+    @property
+    def beta_min(self) -> float:
+        return self.params["beta_min"]
+
+    def state_layer(self) -> SelfAdjustingBetaState:
+        """The state layer: the one named ``state_name`` that was built or ran
+        last in this thread, else the loss's own (created here if needed)."""
+        found = self._find_state()
+        if found is not None:
+            return found[0]
+        if self._own.layer is None:
+            self._own.layer = SelfAdjustingBetaState(
+                initial_mean=self.beta_max, name=self.state_name
+            )
+        return self._own.layer
+
+    @property
+    def beta(self) -> tuple[float, ...] | None:
+        """The current ``beta`` per coordinate, read from the state layer; None
+        while no built state layer exists."""
+        found = self._find_state()
+        state = found[0] if found is not None else self._own.layer
+        if state is None or not state.built:
+            return None
+        values = ops.convert_to_numpy(state.beta(self.beta_min, self.beta_max))
+        return tuple(float(v) for v in values)
+
+    def attach(self, model: keras.Model) -> keras.Model:
+        """Returns ``model`` with the state layer on its output: a ``Sequential``
+        gets the layer appended (and is returned); any other single-output model
+        is wrapped in a functional model that shares its layers."""
+        if isinstance(model, keras.Sequential):
+            model.add(self.state_layer())
+            return model
+        outputs = model.outputs
+        if outputs is None or len(outputs) != 1:
+            raise ValueError(
+                "attach() needs a Sequential model or a built model with one "
+                "output; with several outputs, apply `loss.state_layer()` to the "
+                f"output this loss trains. Received: outputs={outputs!r}"
+            )
+        return keras.Model(
+            model.inputs, self.state_layer()(outputs[0]), name=model.name
+        )
+
+    def _find_state(self) -> tuple[SelfAdjustingBetaState, bool] | None:
+        entry = _last_run().get(self.state_name)
+        if entry is None:
+            return None
+        layer = entry[0]()
+        return None if layer is None else (layer, entry[1])
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        found = self._find_state()
+        if found is None:
+            raise ValueError(
+                f"SelfAdjustingSmoothL1Loss: its state layer {self.state_name!r} has "
+                "not run. Put it on the model's output (`model = loss.attach(model)` "
+                "or `outputs = loss.state_layer()(outputs)`), so that it runs before "
+                "the loss."
+            )
+        state, training = found
+        y_true, y_pred = align(y_true, y_pred)
+        if training:
+            residual = ops.stop_gradient(y_pred - y_true)
+            state.update(ops.abs(residual), self.momentum)
+        beta = ops.cast(state.beta(self.beta_min, self.beta_max), y_pred.dtype)
+        return per_sample(penalties.smooth_l1, y_true, y_pred, self.axis, beta=beta)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(state_name=self.state_name)
+        return config

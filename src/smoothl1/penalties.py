@@ -1,9 +1,12 @@
 """Elementwise robust penalties of a residual, written once, on ``keras.ops``.
 
 Every function here takes the residual ``d = y_pred - y_true`` (any shape) and its
-hyper-parameters, and returns the penalty ``rho(d)`` with the shape of ``d``. No
-reduction, no weighting and no input alignment happen here: that is the job of
-:mod:`smoothl1.losses` and of Keras's own ``keras.losses.Loss``.
+hyper-parameters, and returns the penalty ``rho(d)`` with the shape of ``d``
+(``adaptive_wing`` also takes ``y_true``, which sets its exponent). The family:
+``smooth_l1``, ``huber``, ``balanced_l1``, ``wing``, ``adaptive_wing``,
+``charbonnier`` and ``general_robust``. No reduction, no weighting and no input
+alignment happen here: that is the job of :mod:`smoothl1.losses` and of Keras's own
+``keras.losses.Loss``.
 
 Hyper-parameters are checked by the small ``check_*`` helpers below, once, when a loss
 is built; the penalties call them too, so that a direct call fails just as clearly.
@@ -13,7 +16,7 @@ Example:
 >>> import numpy as np
 >>> from smoothl1 import penalties
 >>> d = np.array([-3.0, -0.5, 0.0, 0.25, 2.0], dtype="float32")
->>> np.round(np.asarray(penalties.smooth_l1(d, beta=1.0)), 4).tolist()
+>>> np.asarray(penalties.smooth_l1(d, beta=1.0), "float64").round(4).tolist()
 [2.5, 0.125, 0.0, 0.0312, 1.5]
 """
 
@@ -22,12 +25,13 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
+import keras
 import numpy as np
 from keras import ops
 
-Beta = Union[float, Sequence[float]]
+Beta = float | Sequence[float]
 
 
 def _is_real_number(value: Any) -> bool:
@@ -52,6 +56,17 @@ def check_positive(name: str, value: Any) -> float:
         raise ValueError(
             f"Invalid value for argument `{name}`: expected a finite number > 0. "
             f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def check_not_nan(name: str, value: Any) -> float:
+    """Returns ``value`` as a float, or raises ``ValueError`` if it is not a real
+    number or is NaN (``inf`` and ``-inf`` are accepted)."""
+    if not _is_real_number(value) or math.isnan(value):
+        raise ValueError(
+            f"Invalid value for argument `{name}`: expected a real number (inf and "
+            f"-inf are allowed, NaN is not). Received: {name}={value!r}"
         )
     return float(value)
 
@@ -154,7 +169,7 @@ def smooth_l1(residual: Any, beta: Beta = 1.0) -> Any:
     >>> from smoothl1.penalties import smooth_l1
     >>> d = np.array([0.3, 1.0, -2.0], dtype="float32")
     >>> # 0.5 * 0.3**2 / 0.5 = 0.09; 1.0 - 0.25 = 0.75; 2.0 - 0.25 = 1.75
-    >>> np.round(np.asarray(smooth_l1(d, beta=0.5)), 4).tolist()
+    >>> np.asarray(smooth_l1(d, beta=0.5), "float64").round(4).tolist()
     [0.09, 0.75, 1.75]
     """
     d = _as_float_tensor(residual)
@@ -210,8 +225,353 @@ def huber(residual: Any, delta: float = 1.0) -> Any:
     >>> from smoothl1.penalties import huber
     >>> d = np.array([0.5, -3.0], dtype="float32")
     >>> # 0.5 * 0.5**2 = 0.125; 2 * (3 - 1) = 4
-    >>> np.round(np.asarray(huber(d, delta=2.0)), 4).tolist()
+    >>> np.asarray(huber(d, delta=2.0), "float64").round(4).tolist()
     [0.125, 4.0]
     """
     delta = check_positive("delta", delta)
     return delta * smooth_l1(residual, beta=delta)
+
+
+def balanced_l1_b(alpha: Any, gamma: Any) -> float:
+    """The constant ``b = exp(gamma / alpha) - 1`` of balanced L1, after checking
+    ``alpha`` and ``gamma``.
+
+    Raises:
+        ValueError: ``alpha`` or ``gamma`` is not a finite number > 0, or
+            ``gamma / alpha`` is so large that ``b`` overflows a float.
+    """
+    alpha = check_positive("alpha", alpha)
+    gamma = check_positive("gamma", gamma)
+    ratio = gamma / alpha
+    if ratio > 700.0:  # exp(709.8) is the largest float64; keep clear of it
+        raise ValueError(
+            "Invalid values for arguments `gamma` and `alpha`: b = exp(gamma / alpha) "
+            f"- 1 overflows for gamma / alpha = {ratio!r} (at most 700). "
+            f"Received: alpha={alpha!r}, gamma={gamma!r}"
+        )
+    return math.expm1(ratio)
+
+
+def balanced_l1(
+    residual: Any, alpha: float = 0.5, gamma: float = 1.5, beta: float = 1.0
+) -> Any:
+    """Balanced L1 penalty (Pang et al., Libra R-CNN, CVPR 2019).
+
+    With ``d = y_pred - y_true`` and ``b = exp(gamma / alpha) - 1``::
+
+        balanced_l1(d) = alpha / b * (b |d| + 1) * ln(b |d| / beta + 1) - alpha |d|
+                                                                  if |d| < beta
+                         gamma |d| + gamma / b - alpha beta       otherwise
+
+    This is the form of the paper with its threshold ``beta`` placed as in the
+    authors' code (mmdetection). ``b`` is chosen so that ``alpha ln(b + 1) =
+    gamma``, which makes the two pieces meet at ``|d| = beta`` for every ``beta``.
+
+    Where it is not smooth: only for ``beta = 1`` is the slope continuous at
+    ``|d| = beta`` (it is ``gamma`` on both sides); for any other ``beta`` the inner
+    slope there is ``gamma + alpha * ((b beta + 1) / (beta (b + 1)) - 1)``. At
+    ``d = 0`` the slope is ``+-alpha (1 / beta - 1)``: a kink unless ``beta = 1``,
+    and for ``beta > 1`` the penalty is negative near 0. The gradient returned at
+    ``d = 0`` is 0 on every backend.
+
+    Computed branch-free: with ``x = min(|d|, beta)`` the penalty is the inner
+    piece at ``x`` plus ``gamma * (|d| - x)``; no piece is evaluated outside its
+    range.
+
+    Args:
+        residual: the residual ``d``, any shape, any float dtype.
+        alpha: weight of the inner (inlier) piece, a number > 0; a smaller
+            ``alpha`` raises the gradient of small errors.
+        gamma: slope of the outer (outlier) piece, a number > 0.
+        beta: threshold between the two pieces, a number > 0.
+
+    Returns:
+        The penalty, with the shape and dtype of ``residual``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1.penalties import balanced_l1
+    >>> d = np.array([0.0, 1.0, -3.0], dtype="float32")
+    >>> # b = e**3 - 1 = 19.0855; at |d| = 1: 1.5 + 1.5 / 19.0855 - 0.5 = 1.0786;
+    >>> # at |d| = 3: 4.5 + 0.0786 - 0.5 = 4.0786
+    >>> np.asarray(balanced_l1(d), "float64").round(4).tolist()
+    [0.0, 1.0786, 4.0786]
+    """
+    b = balanced_l1_b(alpha, gamma)
+    alpha, gamma = float(alpha), float(gamma)
+    beta = check_positive("beta", beta)
+    d = _as_float_tensor(residual)
+    a = _l1(d)
+    x = ops.minimum(a, beta)
+    inner = (alpha / b) * (b * x + 1.0) * ops.log1p((b / beta) * x) - alpha * x
+    return inner + gamma * (a - x)
+
+
+def wing(residual: Any, width: float = 10.0, curvature: float = 2.0) -> Any:
+    """Wing penalty (Feng et al., "Wing loss for robust facial landmark
+    localisation with convolutional neural networks", CVPR 2018).
+
+    With ``d = y_pred - y_true``, ``w = width`` and ``eps = curvature``::
+
+        wing(d) = w ln(1 + |d| / eps)    if |d| < w
+                  |d| - C                otherwise,   C = w - w ln(1 + w / eps)
+
+    ``C`` joins the pieces at ``|d| = w``. It is negative for the defaults
+    (``10 - 10 ln 6 = -7.918``), and that is right: the log piece is already above
+    ``|d|`` at ``|d| = w``, so the linear piece is shifted up.
+
+    Where it is not smooth: at ``d = 0`` (slopes ``+-w / eps``, a kink that keeps
+    the gradient of small errors large, by design) and at ``|d| = w`` (slope
+    ``w / (w + eps)`` inside, 1 outside). The gradient returned at ``d = 0`` is 0.
+
+    Computed branch-free: with ``x = min(|d|, w)`` the penalty is
+    ``w ln(1 + x / eps) + (|d| - x)``.
+
+    Args:
+        residual: the residual ``d``, any shape, any float dtype.
+        width: ``w``, the half-width of the log region, a number > 0.
+        curvature: ``eps``, how sharply the log region bends, a number > 0.
+
+    Returns:
+        The penalty, with the shape and dtype of ``residual``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1.penalties import wing
+    >>> d = np.array([2.0, -12.0], dtype="float32")
+    >>> # 10 ln(1 + 2 / 2) = 6.9315; 12 - (10 - 10 ln 6) = 12 + 7.9176 = 19.9176
+    >>> np.asarray(wing(d), "float64").round(4).tolist()
+    [6.9315, 19.9176]
+    """
+    width = check_positive("width", width)
+    curvature = check_positive("curvature", curvature)
+    d = _as_float_tensor(residual)
+    a = _l1(d)
+    x = ops.minimum(a, width)
+    return width * ops.log1p(x / curvature) + (a - x)
+
+
+def adaptive_wing(
+    residual: Any,
+    y_true: Any,
+    alpha: float = 2.1,
+    omega: float = 14.0,
+    epsilon: float = 1.0,
+    theta: float = 0.5,
+) -> Any:
+    """Adaptive Wing penalty (Wang, Bo and Fuxin, "Adaptive Wing Loss for Robust
+    Face Alignment via Heatmap Regression", ICCV 2019).
+
+    With ``d = y_pred - y_true`` and the per-element exponent ``p = alpha -
+    y_true``::
+
+        adaptive_wing(d) = omega ln(1 + (|d| / epsilon)**p)    if |d| < theta
+                           A |d| - C                           otherwise
+
+        A = omega / (1 + (theta / epsilon)**p) * p * (theta / epsilon)**(p - 1)
+            / epsilon
+        C = theta A - omega ln(1 + (theta / epsilon)**p)
+
+    The small-error piece divides by ``epsilon``, as in the paper; the authors'
+    released code divides by ``omega`` there, which breaks the continuity that
+    ``A`` and ``C`` were derived for. With ``epsilon`` the penalty and its slope
+    are continuous at ``|d| = theta``.
+
+    Where it is not smooth: nowhere away from ``d = 0``. At ``d = 0`` the slope is
+    0 when ``p > 1`` (the paper takes ``alpha = 2.1`` so that ``p`` is in
+    ``[1.1, 2.1]`` for heatmap targets in ``[0, 1]``); for ``p <= 1`` there is a
+    kink (or, ``p <= 0``, a jump) at 0. The gradient returned at ``d = 0`` is 0.
+
+    Computed without overflow: ``omega ln(1 + (x / epsilon)**p)`` is written as
+    ``omega softplus(p ln(x / epsilon))`` with ``x = min(|d|, theta)``, and
+    ``A = omega p / theta * sigmoid(p ln(theta / epsilon))``; the linear piece is
+    added as ``A (|d| - x)``.
+
+    Args:
+        residual: the residual ``d``, any shape, any float dtype.
+        y_true: the targets, the shape of ``residual`` (usually heatmap values in
+            ``[0, 1]``); they set the exponent per element.
+        alpha: the exponent for a target of 0, a number > 0.
+        omega: the scale of the penalty, a number > 0.
+        epsilon: the residual scale inside the log, a number > 0.
+        theta: the threshold between the two pieces, a number > 0.
+
+    Returns:
+        The penalty, with the shape and dtype of ``residual``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1.penalties import adaptive_wing
+    >>> d = np.array([0.0, 0.25, 1.0], dtype="float32")
+    >>> y_true = np.array([0.0, 1.1, 0.1], dtype="float32")
+    >>> # at 0.25, p = 2.1 - 1.1 = 1: 14 ln(1 + 0.25) = 3.1240
+    >>> # at 1, p = 2: A = 14 / (1 + 0.5**2) * 2 * 0.5 / 1 = 11.2,
+    >>> # C = 0.5 * 11.2 - 14 ln 1.25 = 2.4760, and 11.2 * 1 - 2.4760 = 8.7240
+    >>> np.asarray(adaptive_wing(d, y_true), "float64").round(4).tolist()
+    [0.0, 3.124, 8.724]
+    """
+    alpha = check_positive("alpha", alpha)
+    omega = check_positive("omega", omega)
+    epsilon = check_positive("epsilon", epsilon)
+    theta = check_positive("theta", theta)
+    d = _as_float_tensor(residual)
+    p = alpha - ops.cast(ops.convert_to_tensor(y_true), d.dtype)
+    a = _l1(d)
+    x = ops.minimum(a, theta)
+    # ln(0) would give 0 * inf = nan in the gradient; x = 0 takes the value 0.
+    positive = x > 0
+    x_safe = ops.where(positive, x, ops.full_like(x, epsilon))
+    small = omega * ops.softplus(p * ops.log(x_safe / epsilon))
+    small = ops.where(positive, small, ops.zeros_like(small))
+    slope = (omega / theta) * p * ops.sigmoid(p * math.log(theta / epsilon))
+    return small + slope * (a - x)
+
+
+def charbonnier(residual: Any, epsilon: float = 1e-3) -> Any:
+    """Charbonnier penalty in the LapSRN form (Lai et al., "Deep Laplacian Pyramid
+    Networks for Fast and Accurate Super-Resolution", CVPR 2017).
+
+    With ``d = y_pred - y_true``::
+
+        charbonnier(d) = sqrt(d**2 + epsilon**2)
+
+    A smooth L1: about ``d**2 / (2 epsilon) + epsilon`` for ``|d|`` much smaller than
+    ``epsilon`` and ``|d|`` for larger errors. This is the form of the LapSRN paper,
+    which made the loss common in super-resolution, with its ``epsilon = 1e-3``.
+    Two variants circulate: ``sqrt(d**2 + epsilon)``, with ``epsilon`` not squared,
+    which moves the bend to ``sqrt(epsilon)`` (0.03 instead of 0.001 for the same
+    number), and ``sqrt(d**2 + epsilon**2) - epsilon``, which is 0 at ``d = 0``;
+    the last differs from this one only by the constant ``epsilon``, so the
+    gradients are the same. Here ``epsilon`` is squared, as in the paper, so that it
+    is a residual scale, and the constant is kept: the value at ``d = 0`` is
+    ``epsilon``.
+
+    Where it is not smooth: nowhere; its slope ``d / sqrt(d**2 + epsilon**2)``
+    stays in ``(-1, 1)``.
+
+    Computed without squaring large numbers: with ``m = max(|d|, epsilon)`` it is
+    ``m sqrt((d / m)**2 + (epsilon / m)**2)``, finite for every finite ``d`` in
+    every float dtype.
+
+    Args:
+        residual: the residual ``d``, any shape, any float dtype.
+        epsilon: the residual scale of the quadratic core, a number > 0.
+
+    Returns:
+        The penalty, with the shape and dtype of ``residual``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1.penalties import charbonnier
+    >>> d = np.array([0.0, 0.3, -4.0], dtype="float32")
+    >>> # sqrt(0 + 0.4**2) = 0.4; sqrt(0.09 + 0.16) = 0.5; sqrt(16.16) = 4.0200
+    >>> np.asarray(charbonnier(d, epsilon=0.4), "float64").round(4).tolist()
+    [0.4, 0.5, 4.02]
+    """
+    epsilon = check_positive("epsilon", epsilon)
+    d = _as_float_tensor(residual)
+    # The value does not depend on m, so its gradient is taken with m held fixed;
+    # differentiating through m would square m and overflow for large |d|.
+    m = ops.stop_gradient(ops.maximum(_l1(d), epsilon))
+    return m * ops.sqrt(ops.square(d / m) + ops.square(epsilon / m))
+
+
+# Above |d| / k = 1e8, log(1 + (d / k)**2) equals 2 ln(|d| / k) within 1e-16 (below
+# float64 rounding), and 1e8 squared is still finite in float32.
+_LOG1P_SQUARE_SWITCH = 1e8
+# The alpha = +inf penalty exp(z / 2) - 1 is held at exp(80) - 1 = 5.5e34 beyond
+# z = (d / c)**2 = 160, so that it and its gradient stay finite in float32.
+_POSINF_EXPONENT_CAP = 80.0
+
+
+def _log1p_square(d: Any, k: float) -> Any:
+    """``ln(1 + (d / k)**2)`` for ``k > 0``, without squaring a large ``d / k``."""
+    t = min(_LOG1P_SQUARE_SWITCH * k, 1e38)
+    s = ops.clip(d, -t, t) / k
+    return ops.log1p(s * s) + 2.0 * ops.log(ops.maximum(_l1(d), t) / t)
+
+
+def general_robust(residual: Any, alpha: float = 1.0, scale: float = 1.0) -> Any:
+    """General robust penalty (Barron, "A General and Adaptive Robust Loss
+    Function", CVPR 2019).
+
+    With ``d = y_pred - y_true``, ``z = (d / scale)**2`` and ``b = |alpha - 2|``::
+
+        general_robust(d) = b / alpha * ((z / b + 1)**(alpha / 2) - 1)
+
+    and, where that form is 0/0 or undefined, its limits, which are exact here::
+
+        alpha = 2:     z / 2                     (L2)
+        alpha = 0:     ln(z / 2 + 1)             (Cauchy / Lorentzian)
+        alpha = -inf:  1 - exp(-z / 2)           (Welsch / Leclerc)
+        alpha = +inf:  exp(z / 2) - 1
+
+    ``alpha = 1`` gives ``sqrt(z + 1) - 1`` (pseudo-Huber / Charbonnier) and
+    ``alpha = -2`` gives ``2 z / (z + 4)`` (Geman-McClure). The paper defines the
+    first three limits; ``alpha = +inf`` is the limit of the general form as
+    ``alpha`` grows (used by the author's reference code). It grows so fast that
+    ``z / 2`` is capped at 80 (the value stays at ``exp(80) - 1 = 5.5e34`` and the
+    gradient is 0 beyond ``|d| = scale * sqrt(160)``); every other case is exact.
+
+    Where it is not smooth: nowhere; every member is smooth in ``d``, with the
+    quadratic ``z / 2`` near 0 and a slope of at most ``|d| / scale**2``
+    (for ``alpha <= 2``).
+
+    Computed without overflow through intermediate powers: the general form is
+    ``b / alpha * expm1(alpha / 2 * ln(1 + z / b))``, where ``ln(1 + z / b)`` is
+    taken as ``2 ln(|d| / k)`` once ``|d| / k > 1e8`` (``k = scale sqrt(b)``) instead
+    of squaring ``d``. So the value and gradient are finite at ``|d| = 1e30`` in
+    float32 whenever the true value is (``alpha <= 1`` there, the limits at 0,
+    -inf and +inf, and the gradient at ``alpha = 2``). For ``alpha > 1`` the value
+    grows like ``|d|**alpha`` and can exceed the dtype's range; it is then ``inf``
+    and its gradient is not finite either (except at ``alpha = 2``). ``float16``
+    and ``bfloat16`` inputs are computed in float32 and the result cast back.
+
+    Args:
+        residual: the residual ``d``, any shape, any float dtype.
+        alpha: the shape: any real number, or ``inf`` / ``-inf``. Lower values are
+            more robust to outliers: 2 is L2, 1 is about L1 for large errors, 0 and
+            below give a bounded influence, -inf a bounded penalty.
+        scale: ``c``, the residual scale of the quadratic core, a number > 0.
+
+    Returns:
+        The penalty, with the shape and dtype of ``residual``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1.penalties import general_robust
+    >>> d = np.array([0.0, 2.0], dtype="float32")
+    >>> # alpha = 1: sqrt(2**2 + 1) - 1 = 1.2361; alpha = 0: ln(0.5 * 4 + 1) = 1.0986
+    >>> np.asarray(general_robust(d, alpha=1.0), "float64").round(4).tolist()
+    [0.0, 1.2361]
+    >>> np.asarray(general_robust(d, alpha=0.0), "float64").round(4).tolist()
+    [0.0, 1.0986]
+    """
+    alpha = check_not_nan("alpha", alpha)
+    scale = check_positive("scale", scale)
+    d = _as_float_tensor(residual)
+    if keras.backend.standardize_dtype(d.dtype) in ("float16", "bfloat16"):
+        wide = general_robust(ops.cast(d, "float32"), alpha=alpha, scale=scale)
+        return ops.cast(wide, d.dtype)
+    if alpha == 2.0:
+        u = d / scale
+        return 0.5 * u * u
+    if alpha == 0.0:
+        return _log1p_square(d, scale * math.sqrt(2.0))
+    if alpha == -math.inf:
+        # exp(-z / 2) is 0 in every float long before |d| / scale reaches 1e8.
+        t = _LOG1P_SQUARE_SWITCH * scale
+        u = ops.clip(d, -t, t) / scale
+        return -ops.expm1(-0.5 * u * u)
+    if alpha == math.inf:
+        t = math.sqrt(2.0 * _POSINF_EXPONENT_CAP) * scale
+        u = ops.clip(d, -t, t) / scale
+        return ops.expm1(0.5 * u * u)
+    b = abs(alpha - 2.0)
+    log_term = _log1p_square(d, scale * math.sqrt(b))
+    return (b / alpha) * ops.expm1((0.5 * alpha) * log_term)

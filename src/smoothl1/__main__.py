@@ -1,0 +1,3 @@
+from smoothl1.cli import main
+
+main()

@@ -1,0 +1,392 @@
+"""The main job: train the classic regression model on a table and measure it.
+
+``fit_table`` is the typed function behind ``smoothl1 fit``; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from smoothl1 import registry
+from smoothl1.cli import data as data_mod
+from smoothl1.cli.data import UserError
+from smoothl1.losses import SelfAdjustingSmoothL1Loss
+
+
+@dataclass
+class FitOptions:
+    """The options of ``smoothl1 fit``, with its defaults."""
+
+    data: str | None = None
+    targets: list[str] = field(default_factory=list)
+    loss: str = "smooth_l1"
+    beta: float | str = 1.0  # a number, or "auto": the suggest-beta proposal
+    delta: float = 1.0
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    learning_rate: float = 1e-3
+    epochs: int = 50
+    batch_size: int = 32
+    validation_split: float = 0.2
+    test_split: float = 0.2
+    seed: int = 0
+    drop_missing: bool = False
+    max_levels: int = 50
+    out: str | None = None
+    overwrite: bool = False
+    verbose: bool = True
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def loss_spec(loss: str, beta: float | Sequence[float], delta: float) -> str:
+    """The loss spec for ``--loss NAME --beta B --delta D``: ``--beta`` and
+    ``--delta`` fill in ``smooth_l1`` and ``huber`` when the name carries no
+    parameters of its own (a sequence of betas, one per target, is joined by
+    ``|``)."""
+    if ":" in loss:
+        return loss
+    if loss == "smooth_l1":
+        if isinstance(beta, Sequence):
+            return "smooth_l1:beta=" + "|".join(f"{b:g}" for b in beta)
+        return f"smooth_l1:beta={beta:g}"
+    if loss == "huber":
+        return f"huber:delta={delta:g}"
+    return loss
+
+
+def make_loss(spec: str) -> keras.losses.Loss:
+    try:
+        return registry.get(spec)
+    except ValueError as error:
+        raise UserError(f"--loss {spec!r}: {error}") from error
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and the active backend's generator (Keras's own
+    ``set_random_seed`` also imports TensorFlow under every backend, 2-3 s)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.random.set_seed(seed)
+
+
+def build_model(
+    n_features: int, n_targets: int, hidden: list[int], seed: int
+) -> keras.Model:
+    """Dense(h, relu) for each h in ``hidden``, then one linear output per target;
+    every initializer is seeded, so the same seed gives the same weights."""
+    layers: list[Any] = [keras.Input((n_features,))]
+    for i, units in enumerate(hidden):
+        layers.append(
+            keras.layers.Dense(
+                units,
+                activation="relu",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i),
+            )
+        )
+    layers.append(
+        keras.layers.Dense(
+            n_targets,
+            kernel_initializer=keras.initializers.GlorotUniform(
+                seed=seed + len(hidden)
+            ),
+        )
+    )
+    return keras.Sequential(layers)
+
+
+def regression_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, beta_in_units: np.ndarray | None
+) -> dict[str, float]:
+    """MAE, RMSE, median absolute error, R^2 (averaged over targets) and the fraction
+    of residual elements with ``|d| >= beta`` (in the target's units)."""
+    residual = y_pred - y_true
+    abs_residual = np.abs(residual)
+    ss_res = (residual**2).sum(axis=0)
+    ss_tot = ((y_true - y_true.mean(axis=0)) ** 2).sum(axis=0)
+    r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), np.nan)
+    metrics = {
+        "mae": float(abs_residual.mean()),
+        "rmse": float(np.sqrt((residual**2).mean())),
+        "median_ae": float(np.median(abs_residual)),
+        "r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else float("nan"),
+        "rows": int(len(y_true)),
+    }
+    if beta_in_units is not None:
+        metrics["fraction_beyond_beta"] = float((abs_residual >= beta_in_units).mean())
+    return metrics
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Keras prints its progress bar on stdout; people's tables go there, so the bar
+    goes to stderr."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Writes a file through a temporary name in the same folder."""
+    mode = "wb" if isinstance(content, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            handle.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDirectory:
+    """A run directory that is built aside and moved into place at the end, so an
+    existing directory is never replaced unless asked, and never half-replaced."""
+
+    def __init__(self, out: str | None, default_name: str, overwrite: bool) -> None:
+        if out is None:
+            base = Path("runs") / default_name
+            path, n = base, 1
+            while path.exists():
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
+        else:
+            path = Path(out)
+            if path.exists() and not overwrite:
+                raise UserError(
+                    f"run directory {str(path)!r} already exists; choose another --out "
+                    "or pass --overwrite to replace it"
+                )
+            if path.exists() and not path.is_dir():
+                raise UserError(f"--out {str(path)!r} exists and is not a directory")
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(
+            tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        )
+
+    def commit(self) -> Path:
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
+            os.replace(self.staging, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.staging, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the job
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class PreparedTable:
+    """A table read, checked, split and standardized as ``fit`` does it."""
+
+    data_name: str
+    targets: list[str]
+    rows_dropped_missing: int
+    prep: data_mod.Preprocessing
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def fit_table(options: FitOptions) -> FitResult:
+    """Loads the table, trains the classic model, writes the run directory."""
+    start = time.perf_counter()
+    _check_model_options(options)
+    auto_beta = options.beta == "auto"
+    beta = 1.0 if auto_beta else float(options.beta)
+    spec = loss_spec(options.loss, beta, options.delta)
+    loss = make_loss(spec)  # a bad --loss fails before any data is read
+    table = prepare_table(options)
+    suggestion = None
+    if auto_beta and options.loss == "smooth_l1":
+        from smoothl1.cli import suggest
+
+        suggestion = suggest.suggest_for_fit(options, table)
+        spec = loss_spec(options.loss, suggestion.betas, options.delta)
+        loss = make_loss(spec)
+
+    run = RunDirectory(
+        options.out,
+        f"{table.data_name}-{spec.replace(':', '-').replace('=', '')}-"
+        f"{time.strftime('%Y%m%d-%H%M%S')}",
+        options.overwrite,
+    )
+    try:
+        metrics = _train_and_write(
+            options, spec, loss, table.prep, table.arrays, run.staging
+        )
+        metrics.update(
+            data=options.data or data_mod.DEFAULT_DATASET,
+            targets=table.targets,
+            rows_dropped_missing=table.rows_dropped_missing,
+            backend=keras.backend.backend(),
+        )
+        if suggestion is not None:
+            metrics["beta_auto"] = suggestion.to_json()
+        write_atomic(run.staging / "metrics.json", json.dumps(metrics, indent=2))
+        _write_report(run.staging, metrics, options)
+        run_dir = run.commit()
+    except BaseException:
+        run.discard()
+        raise
+    return FitResult(run_dir, metrics, time.perf_counter() - start)
+
+
+def prepare_table(options: FitOptions) -> PreparedTable:
+    """Reads DATA, checks it, splits it and standardizes it with the training
+    split's statistics (the data half of ``fit_table``)."""
+    frame, data_name, default_target = data_mod.read_table(options.data)
+    targets = options.targets or ([default_target] if default_target else [])
+    if not targets:
+        raise UserError(
+            "no target column: pass --target COLUMN (columns: "
+            f"{', '.join(map(str, frame.columns))})"
+        )
+    frame, features, categories, dropped = data_mod.check_columns(
+        frame, targets, options.drop_missing, options.max_levels
+    )
+    splits = data_mod.split_indices(
+        len(frame), options.validation_split, options.test_split, options.seed
+    )
+
+    train = frame.iloc[splits.train]
+    prep = data_mod.fit_preprocessing(train, features, targets, categories)
+    arrays = {
+        name: (prep.transform_x(frame.iloc[idx]), prep.transform_y(frame.iloc[idx]))
+        for name, idx in asdict(splits).items()
+    }
+    for name, (x, y) in arrays.items():
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise UserError(f"the {name} split has non-finite values after scaling")
+    return PreparedTable(data_name, targets, dropped, prep, arrays)
+
+
+def _check_model_options(options: FitOptions) -> None:
+    checks = [
+        ("--epochs", options.epochs, options.epochs >= 1),
+        ("--batch-size", options.batch_size, options.batch_size >= 1),
+        (
+            "--learning-rate",
+            options.learning_rate,
+            np.isfinite(options.learning_rate) and options.learning_rate > 0,
+        ),
+        ("--hidden", options.hidden, all(h >= 1 for h in options.hidden)),
+        ("--max-levels", options.max_levels, options.max_levels >= 1),
+    ]
+    for name, value, ok in checks:
+        if not ok:
+            raise UserError(f"{name} must be positive; got {value}")
+
+
+def _train_and_write(
+    options: FitOptions,
+    spec: str,
+    loss: keras.losses.Loss,
+    prep: data_mod.Preprocessing,
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]],
+    folder: Path,
+) -> dict[str, Any]:
+    seed_everything(options.seed)
+    x_train, y_train = arrays["train"]
+    model = build_model(
+        x_train.shape[1], y_train.shape[1], options.hidden, options.seed
+    )
+    if isinstance(loss, SelfAdjustingSmoothL1Loss):
+        model = loss.attach(model)  # its running state is a layer on the output
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=loss)
+    has_validation = len(arrays["validation"][0]) > 0
+    with stdout_to_stderr():
+        history = model.fit(
+            x_train,
+            y_train,
+            validation_data=arrays["validation"] if has_validation else None,
+            epochs=options.epochs,
+            batch_size=options.batch_size,
+            # One validation batch: one compiled evaluation step instead of two.
+            validation_batch_size=max(1, len(arrays["validation"][0])),
+            verbose=2 if options.verbose else 0,
+        )
+
+    beta = getattr(loss, "beta", None)
+    beta_units = None if beta is None else np.asarray(beta) * np.asarray(prep.y_std)
+    metrics: dict[str, Any] = {
+        "loss": spec,
+        "beta_in_target_units": None if beta_units is None else beta_units.tolist(),
+        "epochs": options.epochs,
+        "seed": options.seed,
+    }
+    # One predict call over every split: one compiled step instead of one per size.
+    names = [name for name, (x, _) in arrays.items() if len(x)]
+    x_all = np.concatenate([arrays[name][0] for name in names])
+    y_all = prep.inverse_y(
+        model.predict(x_all, batch_size=min(len(x_all), 65536), verbose=0)
+    )
+    predictions = {}
+    offset = 0
+    for name in names:
+        x, y = arrays[name]
+        y_pred = y_all[offset : offset + len(x)]
+        offset += len(x)
+        y_true = prep.inverse_y(y)
+        predictions[name] = (y_true, y_pred)
+        metrics[name] = regression_metrics(y_true, y_pred, beta_units)
+
+    model.save(folder / "model.keras")
+    write_atomic(folder / "preprocessing.json", json.dumps(prep.to_json(), indent=2))
+    history_frame = pd.DataFrame(history.history)
+    history_frame.insert(0, "epoch", np.arange(1, len(history_frame) + 1))
+    write_atomic(folder / "history.csv", history_frame.to_csv(index=False))
+
+    from smoothl1.cli import report
+
+    report.learning_curves(history_frame, folder / "learning_curves.png")
+    shown = "test" if "test" in predictions else "validation"
+    if shown in predictions:
+        report.residual_plots(
+            *predictions[shown],
+            beta_units,
+            prep.targets,
+            shown,
+            folder / "residuals.png",
+        )
+    return metrics
+
+
+def _write_report(folder: Path, metrics: dict[str, Any], options: FitOptions) -> None:
+    from smoothl1.cli import report
+
+    write_atomic(folder / "report.md", report.fit_markdown(metrics, options))

@@ -1,0 +1,291 @@
+"""The command line, through typer's runner, on the real built-in data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from smoothl1.cli import data as data_mod
+from smoothl1.cli.app import app
+from smoothl1.cli.train import regression_metrics
+
+runner = CliRunner()
+FAST = ["--epochs", "2", "--quiet"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def diabetes_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "diabetes.csv"
+    data_mod.load_builtin("diabetes").to_csv(path, index=False)
+    return path
+
+
+def test_fit_default_data_writes_the_run_and_predict_reproduces(tmp_path, diabetes_csv):
+    out = tmp_path / "run"
+    result = invoke("fit", "--out", str(out), *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    for name in (
+        "model.keras",
+        "metrics.json",
+        "history.csv",
+        "report.md",
+        "learning_curves.png",
+        "residuals.png",
+        "preprocessing.json",
+    ):
+        assert (out / name).is_file(), name
+    assert metrics == json.loads((out / "metrics.json").read_text())
+    # diabetes: 442 rows; test round(0.2 * 442) = 88, validation 88, train 266
+    assert [metrics[s]["rows"] for s in ("train", "validation", "test")] == [
+        266,
+        88,
+        88,
+    ]
+    for split in ("train", "validation", "test"):
+        assert all(math.isfinite(metrics[split][k]) for k in ("mae", "rmse", "r2"))
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+
+    # The model reloads without custom_objects and predict reproduces the test MAE.
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.loss.get_config()["beta"] == 1.0
+    frame = data_mod.load_builtin("diabetes")
+    splits = data_mod.split_indices(len(frame), 0.2, 0.2, seed=0)
+    test_rows = tmp_path / "test_rows.csv"
+    frame.iloc[splits.test].to_csv(test_rows, index=False)
+    predicted = tmp_path / "pred.csv"
+    result = invoke("predict", str(out), str(test_rows), "--out", str(predicted))
+    assert result.exit_code == 0, result.output
+    y_pred = pd.read_csv(predicted)["target_pred"].to_numpy()
+    y_true = frame.iloc[splits.test]["target"].to_numpy()
+    np.testing.assert_allclose(
+        np.abs(y_pred - y_true).mean(), metrics["test"]["mae"], rtol=1e-5
+    )
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = invoke("fit", "--out", str(tmp_path / "a"), *FAST, "--json", "--seed", "3")
+    b = invoke("fit", "--out", str(tmp_path / "b"), *FAST, "--json", "--seed", "3")
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    first, second = json.loads(a.stdout), json.loads(b.stdout)
+    for split in ("train", "validation", "test"):
+        assert first[split] == second[split]
+
+
+def test_existing_run_directory_is_untouched(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "mine.txt").write_text("precious")
+    result = invoke("fit", "--out", str(out), *FAST)
+    assert result.exit_code == 2
+    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert (out / "mine.txt").read_text() == "precious"
+    assert not any(p.name.startswith(".run") for p in tmp_path.iterdir())
+
+
+def test_overwrite_replaces_only_when_asked(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    result = invoke("fit", "--out", str(out), *FAST, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not (out / "old.txt").exists() and (out / "model.keras").is_file()
+
+
+def test_summary_table_on_stdout(tmp_path):
+    result = invoke("fit", "stackloss", "--out", str(tmp_path / "r"), *FAST)
+    assert result.exit_code == 0, result.output
+    assert "stackloss" in result.stdout and "RMSE" in result.stdout
+    assert "test" in result.stdout
+
+
+def test_categorical_features_are_one_hot(tmp_path):
+    frame = data_mod.load_builtin("diamonds").iloc[:300]
+    path = tmp_path / "diamonds.parquet"
+    frame.to_parquet(path)
+    out = tmp_path / "run"
+    result = invoke("fit", str(path), "--target", "price", "--out", str(out), *FAST)
+    assert result.exit_code == 0, result.output
+    prep = json.loads((out / "preprocessing.json").read_text())
+    assert prep["categories"]["cut"] == sorted(frame["cut"].astype(str).unique())
+    # 6 numeric features + the levels of cut, color and clarity present in these rows
+    n_levels = sum(frame[c].nunique() for c in ("cut", "color", "clarity"))
+    assert len(prep["columns"]) == 6 + n_levels
+
+
+def test_several_targets_and_other_losses(tmp_path, diabetes_csv):
+    for loss in ("mse", "mae", "huber", "log_cosh"):
+        out = tmp_path / loss
+        result = invoke(
+            "fit",
+            str(diabetes_csv),
+            "-t",
+            "target",
+            "-t",
+            "bmi",
+            "--loss",
+            loss,
+            "--out",
+            str(out),
+            *FAST,
+            "--json",
+        )
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(result.stdout)
+        assert metrics["targets"] == ["target", "bmi"]
+
+
+def test_tsv_input(tmp_path):
+    path = tmp_path / "stack.tsv"
+    data_mod.load_builtin("stackloss").to_csv(path, sep="\t", index=False)
+    result = invoke(
+        "fit", str(path), "-t", "STACKLOSS", "--out", str(tmp_path / "r"), *FAST
+    )
+    assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _csv(tmp_path: Path, text: str, name: str = "t.csv") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope.csv", "-t", "y"], "does not exist"),
+        (["table.xlsx", "-t", "y"], "neither a built-in data set"),
+        (["--target", "nope"], "target column 'nope' is not in the table"),
+        (["--beta", "-1"], "`beta`"),
+        (["--loss", "nonsense"], "--loss 'nonsense'"),
+        (["--hidden", "64,x"], "--hidden must be comma-separated integers"),
+        (["--epochs", "0"], "--epochs must be positive"),
+        (
+            ["--validation-split", "0.5", "--test-split", "0.5"],
+            "leave rows for training",
+        ),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(tmp_path, args, message):
+    result = invoke("fit", *FAST, *args, "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_files(tmp_path):
+    cases = [
+        (_csv(tmp_path, "", "empty.csv"), "y", "is empty"),
+        (_csv(tmp_path, "a,y\n1,x\n2,z\n", "text.csv"), "y", "is not numeric"),
+        (
+            _csv(tmp_path, "a,y\n1,2\n2,3\n3,4\n", "few.csv"),
+            "y",
+            "too few for the splits",
+        ),
+        (_csv(tmp_path, "x", "bad.parquet"), "y", "cannot read DATA file"),
+    ]
+    for path, target, message in cases:
+        result = invoke("fit", path, "-t", target, "--out", str(tmp_path / "r"), *FAST)
+        assert result.exit_code == 2, (path, result.output)
+        assert message in result.stderr, (path, result.stderr)
+        assert not (tmp_path / "r").exists()
+
+
+def test_missing_values_refused_then_dropped(tmp_path):
+    frame = data_mod.load_builtin("diabetes")
+    frame.loc[[4, 9], "bmi"] = np.nan
+    frame.loc[9, "bp"] = np.nan
+    path = tmp_path / "holes.csv"
+    frame.to_csv(path, index=False)
+    result = invoke(
+        "fit", str(path), "-t", "target", "--out", str(tmp_path / "r"), *FAST
+    )
+    assert result.exit_code == 2
+    # rows 4 and 9 (0-based) -> 2 rows; bmi twice, bp once; first is data row 5
+    assert "2 rows have missing" in result.stderr
+    assert "bmi: 2, bp: 1" in result.stderr and "data row 5" in result.stderr
+    result = invoke(
+        "fit",
+        str(path),
+        "-t",
+        "target",
+        "--drop-missing",
+        "--out",
+        str(tmp_path / "r"),
+        *FAST,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["rows_dropped_missing"] == 2
+    assert sum(metrics[s]["rows"] for s in ("train", "validation", "test")) == 440
+
+
+def test_too_many_levels(tmp_path):
+    rows = "\n".join(f"k{i},{i}" for i in range(30))
+    path = _csv(tmp_path, "key,y\n" + rows + "\n")
+    result = invoke(
+        "fit",
+        path,
+        "-t",
+        "y",
+        "--max-levels",
+        "10",
+        "--out",
+        str(tmp_path / "r"),
+        *FAST,
+    )
+    assert result.exit_code == 2
+    assert "30 levels" in result.stderr and "--max-levels" in result.stderr
+
+
+def test_predict_refuses_rows_without_features(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("fit", "--out", str(out), *FAST).exit_code == 0
+    path = _csv(tmp_path, "age,sex\n50,1\n")
+    result = invoke("predict", str(out), path)
+    assert result.exit_code == 2
+    assert "lack feature column" in result.stderr and "'bmi'" in result.stderr
+    result = invoke("predict", str(tmp_path), path)
+    assert result.exit_code == 2 and "not a run directory" in result.stderr
+
+
+def test_datasets_lists_real_tables():
+    result = invoke("datasets", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    # Sizes of the published tables: diabetes 442 x 11, stack loss 21 x 4,
+    # diamonds 53,940 x 10.
+    assert (rows["diabetes"]["rows"], rows["diabetes"]["columns"]) == (442, 11)
+    assert (rows["stackloss"]["rows"], rows["stackloss"]["columns"]) == (21, 4)
+    assert (rows["diamonds"]["rows"], rows["diamonds"]["columns"]) == (53940, 10)
+    assert all(row["citation"] for row in rows.values())
+
+
+def test_regression_metrics_by_hand():
+    y_true = np.array([[1.0], [2.0], [3.0], [4.0]])
+    y_pred = np.array([[1.0], [3.0], [3.0], [6.0]])
+    # residuals 0, 1, 0, 2: MAE 3/4, RMSE sqrt(5/4), median 0.5,
+    # R^2 = 1 - 5 / 5 = 0 (ss_tot = 2.25 + 0.25 + 0.25 + 2.25), beyond beta=1: 2/4
+    metrics = regression_metrics(y_true, y_pred, np.array([1.0]))
+    assert metrics["mae"] == 0.75 and metrics["median_ae"] == 0.5
+    assert math.isclose(metrics["rmse"], math.sqrt(1.25))
+    assert math.isclose(metrics["r2"], 0.0, abs_tol=1e-12)
+    assert metrics["fraction_beyond_beta"] == 0.5
