@@ -289,3 +289,31 @@ def test_regression_metrics_by_hand():
     assert math.isclose(metrics["rmse"], math.sqrt(1.25))
     assert math.isclose(metrics["r2"], 0.0, abs_tol=1e-12)
     assert metrics["fraction_beyond_beta"] == 0.5
+
+
+def test_plot_draws_and_reads_penalties_through_the_loss(tmp_path):
+    from smoothl1.cli.plot import penalty_curve
+
+    # smooth L1, beta 0.5: 0.5 * 0.25**2 / 0.5 = 0.0625; 2 - 0.25 = 1.75
+    values = penalty_curve("smooth_l1:beta=0.5", np.array([0.25, -2.0]))
+    np.testing.assert_allclose(values, [0.0625, 1.75], rtol=1e-6)
+    # Keras's MSE through the same path: d**2
+    np.testing.assert_allclose(penalty_curve("mse", np.array([3.0])), [9.0])
+    out = tmp_path / "shapes.png"
+    result = invoke("plot", "--loss", "smooth_l1:beta=0.5", "--loss", "huber",
+                    "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = invoke("plot", "--loss", "mse", "--out", str(out))
+    assert again.exit_code == 2 and "exists" in again.stderr
+    bad = invoke("plot", "--loss", "nope", "--out", str(tmp_path / "x.png"))
+    assert bad.exit_code == 2 and "Unknown loss" in bad.stderr
+
+
+def test_losses_lists_every_registry_name():
+    from smoothl1.registry import known_losses
+
+    result = invoke("losses")
+    assert result.exit_code == 0, result.output
+    for name in known_losses():
+        assert name in result.stdout

@@ -142,6 +142,7 @@ def test_command_writes_results(tmp_path):
         (["--outliers", "0,1.5"], "--outliers fractions must be in [0, 1)"),
         (["--seeds", "0"], "--seeds must be at least 1"),
         (["--strategy", "fast"], "--strategy must be batched or loop"),
+        (["--losses", "mse,self_adjusting"], "cannot share the batched grid"),
     ],
 )
 def test_bad_options(tmp_path, args, message):

@@ -58,8 +58,12 @@ def fit(
         str, typer.Option("--loss", "-l", help="Loss spec, e.g. smooth_l1, huber, mse.")
     ] = "smooth_l1",
     beta: Annotated[
-        float, typer.Option(help="Smooth L1 threshold (standardized target units).")
-    ] = 1.0,
+        str,
+        typer.Option(
+            help="Smooth L1 threshold (standardized target units), or auto: the "
+            "suggest-beta proposal."
+        ),
+    ] = "1.0",
     delta: Annotated[
         float, typer.Option(help="Huber threshold (standardized units).")
     ] = 1.0,
@@ -98,6 +102,7 @@ def fit(
     and --delta are in standard deviations of the target; errors are reported in the
     target's own units.
     """
+    from smoothl1.cli.suggest import parse_beta
     from smoothl1.cli.train import FitOptions, fit_table
 
     try:
@@ -105,7 +110,7 @@ def fit(
             data=data,
             targets=list(target or []),
             loss=loss,
-            beta=beta,
+            beta=parse_beta(beta),
             delta=delta,
             hidden=_hidden(hidden),
             learning_rate=learning_rate,
@@ -298,3 +303,44 @@ def compare(
     title = f"{options.data or 'diabetes'}: clean test RMSE, mean ± 95 % interval"
     stdout.print(table(result.summary, title))
     stdout.print(f"run directory: {result.run_dir}  ({result.seconds:.1f} s)")
+
+
+@app.command()
+def plot(
+    loss: Annotated[
+        list[str],
+        typer.Option("--loss", "-l", help="Loss spec to draw (repeat for several)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    low: Annotated[float, typer.Option("--min", help="Smallest residual.")] = -3.0,
+    high: Annotated[float, typer.Option("--max", help="Largest residual.")] = 3.0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace --out if it exists.")
+    ] = False,
+) -> None:
+    """Draw penalties and their derivatives side by side, e.g.
+    smoothl1 plot --loss smooth_l1:beta=0.5 --loss huber --out shapes.png"""
+    from smoothl1.cli.plot import plot_penalties
+
+    try:
+        path = plot_penalties(list(loss), out, low, high, overwrite)
+    except UserError as error:
+        fail(error)
+        return
+    stdout.print(f"wrote {path}")
+
+
+@app.command("losses")
+def list_losses() -> None:
+    """List the loss names that --loss and --losses accept, with their defaults."""
+    from smoothl1.registry import known_losses
+
+    table = Table(title="Losses (spec: name:param=value,...)")
+    table.add_column("name")
+    table.add_column("parameters (defaults)")
+    for name, params in known_losses().items():
+        table.add_row(name, ", ".join(f"{k}={v:g}" for k, v in params.items()) or "-")
+    stdout.print(table)
+
+
+from smoothl1.cli import suggest as _suggest  # noqa: E402,F401 (registers suggest-beta)

@@ -42,6 +42,7 @@ from smoothl1.cli.train import (
     seed_everything,
     write_atomic,
 )
+from smoothl1.losses import SelfAdjustingSmoothL1Loss
 
 DEFAULT_LOSSES = [
     "mse",
@@ -422,7 +423,12 @@ def compare_table(options: CompareOptions) -> CompareResult:
     if options.strategy not in ("batched", "loop"):
         raise UserError(f"--strategy must be batched or loop; got {options.strategy!r}")
     for spec in options.losses:
-        make_loss(spec)
+        if isinstance(make_loss(spec), SelfAdjustingSmoothL1Loss):
+            raise UserError(
+                f"--losses {spec!r}: the self-adjusting loss keeps a running state in "
+                "a layer of its own model, so it cannot share the batched grid; "
+                "measure it with `smoothl1 fit --loss self_adjusting`"
+            )
     specs = [registry.spec_of(make_loss(spec)) for spec in options.losses]
     frame, data_name, default_target = data_mod.read_table(options.data)
     targets = options.targets or ([default_target] if default_target else [])

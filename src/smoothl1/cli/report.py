@@ -141,7 +141,7 @@ def residual_plots(
 
 
 def _interval(mean: float, half: float) -> str:
-    return f"{mean:.4g}" if not np.isfinite(half) else f"{mean:.4g} ± {half:.2g}"
+    return f"{mean:.4g}" if not np.isfinite(half) else f"{mean:.4g}±{half:.2g}"
 
 
 def compare_table(summary: pd.DataFrame, title: str) -> Table:
@@ -149,9 +149,9 @@ def compare_table(summary: pd.DataFrame, title: str) -> Table:
     fraction."""
     fractions = sorted(summary["outliers"].unique())
     table = Table(title=title, caption="columns: fraction of training labels corrupted")
-    table.add_column("loss", no_wrap=True)
+    table.add_column("loss", overflow="fold")
     for fraction in fractions:
-        table.add_column(f"{fraction:g}", justify="right", no_wrap=True)
+        table.add_column(f"{fraction:g}", justify="right", overflow="fold")
     table.add_column("best ep.", justify="right")
     table.add_column("|grad| mean/max", justify="right")
     for loss, cell in summary.groupby("loss", sort=False):

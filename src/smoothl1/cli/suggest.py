@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -205,8 +205,6 @@ def suggest_beta(options: SuggestOptions) -> SuggestResult:
 def suggest_for_fit(options: FitOptions, table: PreparedTable) -> Suggestion:
     """The proposal behind ``fit --beta auto``: an MSE baseline with fit's model,
     seed and splits, trained for ``min(--epochs, 30)`` epochs."""
-    from dataclasses import replace
-
     baseline = replace(options, loss="mse", epochs=min(options.epochs, DEFAULT_EPOCHS))
     return _measure(baseline, table)[1]
 
