@@ -149,6 +149,8 @@ def _check_pairable(name_a: str, a: Any, name_b: str, b: Any) -> None:
 def _concrete(x: Any) -> np.ndarray | None:
     """The values of ``x`` when they are known now; None for a symbolic tensor
     (a ``keras.Input``, a tensor inside ``tf.function`` or ``jax.jit``)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x)
     if keras.backend.is_keras_tensor(x):
         return None
     backend = keras.backend.backend()
@@ -193,6 +195,26 @@ def _check_sizes(name: str, box_format: str, width: Any, height: Any) -> None:
 # ------------------------------------------------------------------ formats
 
 
+class _NumpyOps:
+    """The few ``keras.ops`` functions the coder uses, on NumPy, so that the same
+    formulas also run in data preparation (:func:`anchor_targets`) without a
+    backend dispatch per small array."""
+
+    stack = staticmethod(np.stack)
+    log = staticmethod(np.log)
+    exp = staticmethod(np.exp)
+    minimum = staticmethod(np.minimum)
+    maximum = staticmethod(np.maximum)
+
+    @staticmethod
+    def divide_no_nan(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        zero = y == 0
+        return np.where(zero, 0.0, x / np.where(zero, 1.0, y)).astype(x.dtype)
+
+
+_NP = _NumpyOps()
+
+
 def _split(boxes: Any) -> tuple[Any, Any, Any, Any]:
     return boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3]
 
@@ -207,14 +229,16 @@ def _to_center(boxes: Any, box_format: str) -> tuple[Any, Any, Any, Any]:
     return a, b, c, d
 
 
-def _from_center(cx: Any, cy: Any, w: Any, h: Any, box_format: str) -> Any:
+def _from_center(
+    cx: Any, cy: Any, w: Any, h: Any, box_format: str, xp: Any = ops
+) -> Any:
     if box_format == "xyxy":
         parts = [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
     elif box_format == "xywh":
         parts = [cx - 0.5 * w, cy - 0.5 * h, w, h]
     else:
         parts = [cx, cy, w, h]
-    return ops.stack(parts, axis=-1)
+    return xp.stack(parts, axis=-1)
 
 
 def convert_boxes(boxes: Any, source: str, target: str) -> Any:
@@ -307,16 +331,23 @@ def encode_boxes(
     _check_pairable("boxes", boxes, "anchors", anchors)
     boxes, anchors = _to_common_float(boxes, anchors)
 
+    return _encode(boxes, anchors, (wx, wy, ww, wh), box_format, ops)
+
+
+def _encode(
+    boxes: Any, anchors: Any, weights: Sequence[float], box_format: str, xp: Any
+) -> Any:
+    wx, wy, ww, wh = weights
     x, y, w, h = _to_center(boxes, box_format)
     xa, ya, wa, ha = _to_center(anchors, box_format)
     _check_sizes("boxes", box_format, w, h)
     _check_sizes("anchors", box_format, wa, ha)
-    return ops.stack(
+    return xp.stack(
         [
             wx * (x - xa) / wa,
             wy * (y - ya) / ha,
-            ww * ops.log(w / wa),
-            wh * ops.log(h / ha),
+            ww * xp.log(w / wa),
+            wh * xp.log(h / ha),
         ],
         axis=-1,
     )
@@ -410,17 +441,21 @@ def box_iou(boxes_a: Any, boxes_b: Any, box_format: str = "xyxy") -> Any:
     b = _as_boxes("boxes_b", boxes_b)
     _check_pairable("boxes_a", a, "boxes_b", b)
     a, b = _to_common_float(a, b)
+    return _iou(a, b, box_format, ops)
+
+
+def _iou(a: Any, b: Any, box_format: str, xp: Any) -> Any:
     if box_format != "xyxy":
-        a = _from_center(*_to_center(a, box_format), "xyxy")
-        b = _from_center(*_to_center(b, box_format), "xyxy")
+        a = _from_center(*_to_center(a, box_format), "xyxy", xp)
+        b = _from_center(*_to_center(b, box_format), "xyxy", xp)
     ax1, ay1, ax2, ay2 = _split(a)
     bx1, by1, bx2, by2 = _split(b)
-    iw = ops.maximum(ops.minimum(ax2, bx2) - ops.maximum(ax1, bx1), 0.0)
-    ih = ops.maximum(ops.minimum(ay2, by2) - ops.maximum(ay1, by1), 0.0)
+    iw = xp.maximum(xp.minimum(ax2, bx2) - xp.maximum(ax1, bx1), 0.0)
+    ih = xp.maximum(xp.minimum(ay2, by2) - xp.maximum(ay1, by1), 0.0)
     intersection = iw * ih
-    area_a = ops.maximum(ax2 - ax1, 0.0) * ops.maximum(ay2 - ay1, 0.0)
-    area_b = ops.maximum(bx2 - bx1, 0.0) * ops.maximum(by2 - by1, 0.0)
-    return ops.divide_no_nan(intersection, area_a + area_b - intersection)
+    area_a = xp.maximum(ax2 - ax1, 0.0) * xp.maximum(ay2 - ay1, 0.0)
+    area_b = xp.maximum(bx2 - bx1, 0.0) * xp.maximum(by2 - by1, 0.0)
+    return xp.divide_no_nan(intersection, area_a + area_b - intersection)
 
 
 def anchor_targets(
@@ -469,6 +504,7 @@ def anchor_targets(
     [0.0, 1.0, 0.0, 0.9116, 1.0]
     """
     box_format = _check_format(box_format)
+    weights = _check_four("weights", weights, allow_zero=False)
     if not 0.0 < negative_iou <= positive_iou <= 1.0:
         raise ValueError(
             "Invalid values for arguments `negative_iou` and `positive_iou`: "
@@ -488,14 +524,11 @@ def anchor_targets(
     result = np.zeros((len(anchor_array), 5), dtype="float32")
     if len(box_array) == 0 or len(anchor_array) == 0:
         return result
-    _, _, w, h = _to_center(box_array, box_format)
-    _check_sizes("boxes", box_format, w, h)
+    for name, array in (("boxes", box_array), ("anchors", anchor_array)):
+        _, _, w, h = _to_center(array, box_format)
+        _check_sizes(name, box_format, w, h)
 
-    iou = np.asarray(
-        ops.convert_to_numpy(
-            box_iou(anchor_array[:, None, :], box_array[None, :, :], box_format)
-        )
-    )  # (A, G)
+    iou = _iou(anchor_array[:, None, :], box_array[None, :, :], box_format, _NP)
     best_box = iou.argmax(axis=1)
     best_iou = iou.max(axis=1)
     state = np.where(best_iou >= positive_iou, STATE_POSITIVE, STATE_IGNORE)
@@ -506,13 +539,13 @@ def anchor_targets(
         state[ties.any(axis=1)] = STATE_POSITIVE
     positive = state == STATE_POSITIVE
     if positive.any():
-        targets = encode_boxes(
+        result[positive, :4] = _encode(
             box_array[best_box[positive]],
             anchor_array[positive],
-            weights=weights,
-            box_format=box_format,
+            weights,
+            box_format,
+            _NP,
         )
-        result[positive, :4] = np.asarray(ops.convert_to_numpy(targets))
     result[:, 4] = state
     return result
 
@@ -564,6 +597,7 @@ class BoxRegressionLoss(keras.losses.Loss):
       ``-1`` ignored (the same layout serves a classification loss, which does
       tell negatives from ignored anchors). :func:`anchor_targets` builds it.
     - ``y_pred``: shape ``(batch, anchors..., 4)``, the predicted deltas.
+    - ``sample_weight`` (optional): one weight per image, shape ``(batch,)``.
 
     The targets are already encoded, so the box layout (``box_format``) does not
     enter the loss; it belongs to :func:`encode_boxes` and :func:`anchor_targets`.
@@ -573,7 +607,9 @@ class BoxRegressionLoss(keras.losses.Loss):
     summed with an all-reduce; under ``keras.distribution.DataParallel`` on JAX the
     loss sees the global batch as one sharded array. Either way, training on
     several devices gives the same loss and the same gradients as one device on
-    the same global batch. Keras's PyTorch backend has no data-parallel path.
+    the same global batch. Keras's PyTorch backend has no data-parallel path. A
+    hand-written JAX step under ``shard_map`` or ``pmap`` sees only its shard:
+    there the count is per device, and the step has to ``psum`` it itself.
 
     Args:
         beta: the Smooth L1 threshold, a number >= 0 (``0`` is L1), or four, one
