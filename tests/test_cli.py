@@ -99,6 +99,7 @@ def test_existing_run_directory_is_untouched(tmp_path):
 def test_overwrite_replaces_only_when_asked(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    (out / "metrics.json").write_text("{}")  # an earlier run
     (out / "old.txt").write_text("old")
     result = invoke("fit", "--out", str(out), *FAST, "--overwrite")
     assert result.exit_code == 0, result.output
@@ -317,3 +318,55 @@ def test_losses_lists_every_registry_name():
     assert result.exit_code == 0, result.output
     for name in known_losses():
         assert name in result.stdout
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    data_mod.load_builtin("stackloss").to_csv(folder / "stack.csv", index=False)
+    (folder / "notes.txt").write_text("mine")
+    result = invoke("fit", str(folder / "stack.csv"), "-t", "STACKLOSS",
+                    "--out", str(folder), "--overwrite", *FAST)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "not an earlier smoothl1 run directory" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "stack.csv"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seed", "-1"], "--seed must be positive"),
+        (["--loss", "smooth_l1:beta=0.1|0.2"], "one value per target column"),
+        (["--loss", "SMOOTH_L1", "--beta", "0.5"], None),
+    ],
+)
+def test_more_option_checks(tmp_path, args, message):
+    result = invoke("fit", *FAST, *args, "--out", str(tmp_path / "r"), "--json")
+    if message is None:
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["loss"] == "smooth_l1:beta=0.5"
+    else:
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_files_are_readable_by_others(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("fit", "--out", str(out), *FAST).exit_code == 0
+    assert (out / "metrics.json").stat().st_mode & 0o044 == 0o044
+    assert out.stat().st_mode & 0o055 == 0o055
+
+
+def test_predict_refuses_unseen_levels(tmp_path):
+    frame = data_mod.load_builtin("diamonds").iloc[:200]
+    path = tmp_path / "d.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "run"
+    assert (
+        invoke("fit", str(path), "-t", "price", "--out", str(out), *FAST).exit_code == 0
+    )
+    frame = frame.iloc[:3].copy()
+    frame["cut"] = ["Ideal", "Brand new", "Ideal"]
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    result = invoke("predict", str(out), str(tmp_path / "new.csv"))
+    assert result.exit_code == 2 and "'Brand new'" in result.stderr

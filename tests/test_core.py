@@ -410,3 +410,66 @@ def test_public_objects_are_registered():
         name = keras.saving.get_registered_name(obj)
         assert name.startswith("smoothl1>")
         assert keras.saving.get_registered_object(name) is obj
+
+
+# ---------------------------------------------------------------- regressions
+
+
+def test_mixed_input_dtypes_in_function_and_metric():
+    # int targets against float32 predictions: (0.5 * 0.5**2 + 0.5 * 0.5**2) / 2
+    y_true = np.array([[1], [2]])
+    y_pred = np.array([[0.5], [2.5]], "float32")
+    np.testing.assert_allclose(
+        to_numpy(smoothl1.smooth_l1(y_true, y_pred)), [0.125, 0.125]
+    )
+    metric = SmoothL1()
+    metric.update_state(y_true, y_pred)
+    assert math.isclose(float(to_numpy(metric.result())), 0.125, rel_tol=1e-6)
+    mixed = smoothl1.smooth_l1(y_true.astype("float64"), y_pred)
+    np.testing.assert_allclose(to_numpy(mixed), [0.125, 0.125])
+
+
+@pytest.mark.parametrize("beta", [1e-50, 1e-39, 1e39, [1.0, 1e-45]])
+def test_beta_outside_float32_range_is_refused(beta):
+    with pytest.raises(ValueError, match="outside float32's normal range"):
+        SmoothL1Loss(beta)
+
+
+@pytest.mark.parametrize("beta", [1e-6, 1e5])
+def test_half_precision_penalty_with_extreme_beta(beta):
+    d = np.array([0.0, 0.5, 300.0], "float16")
+    value = to_numpy(penalties.smooth_l1(d, beta)).astype("float64")
+    # Computed in float32: torch's float32 kernel is the reference.
+    expected, _ = torch_smooth_l1(d.astype("float32"), np.zeros(3, "float32"), beta)
+    np.testing.assert_allclose(value, expected, rtol=2e-3)
+
+
+def test_per_coordinate_zero_beta_gradient_at_zero():
+    # A zero entry is L1 there, with PyTorch's gradient sign(0) = 0 at d = 0.
+    x = np.zeros((1, 2), "float32")
+    _, grad = value_and_grad(lambda v: penalties.smooth_l1(v, [0.0, 1.0]), x)
+    np.testing.assert_array_equal(grad, [[0.0, 0.0]])
+    x = np.array([[1.0, 1.0]], "float32")  # boundary of the second coordinate
+    _, grad = value_and_grad(lambda v: penalties.smooth_l1(v, [0.0, 1.0]), x)
+    np.testing.assert_allclose(grad, [[1.0, 1.0]])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean_with_sample_weight"])
+@pytest.mark.parametrize("shape", [(2,), (2, 1)])
+def test_axis_none_takes_per_sample_weights(reduction, shape):
+    y_true = np.zeros((2, 3), "float32")
+    y_pred = np.full((2, 3), 0.5, "float32")
+    weights = np.array([1.0, 0.0], "float32").reshape(shape)
+    loss = SmoothL1Loss(1.0, axis=None, reduction=reduction)
+    # every element: 0.5 * 0.5**2 = 0.125; sample 1 weighs 1, sample 2 weighs 0:
+    # sum = 3 * 0.125; weighted mean = 3 * 0.125 / 3
+    expected = 0.375 if reduction == "sum" else 0.125
+    np.testing.assert_allclose(to_numpy(loss(y_true, y_pred, weights)), expected)
+
+
+def test_rank_one_empty_inputs_and_zero_d_beta():
+    value = SmoothL1Loss()(np.zeros(0, "float32"), np.zeros(0, "float32"))
+    assert float(to_numpy(value)) == 0.0
+    assert SmoothL1Loss(np.array(0.5)).beta == 0.5
+    with pytest.raises(ValueError, match="`axis`"):
+        SmoothL1Loss(axis=5)

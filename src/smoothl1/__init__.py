@@ -12,6 +12,15 @@ choose_command_backend()  # only acts for the `smoothl1` command; see _launch.py
 
 from smoothl1 import penalties, registry  # noqa: E402
 from smoothl1.callbacks import ResidualMonitor  # noqa: E402
+from smoothl1.detection import (  # noqa: E402
+    BoxRegressionLoss,
+    anchor_targets,
+    box_iou,
+    convert_boxes,
+    decode_boxes,
+    encode_boxes,
+    load_coco,
+)
 from smoothl1.losses import (  # noqa: E402
     AdaptiveWingLoss,
     BalancedL1Loss,
@@ -39,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptiveWingLoss",
     "BalancedL1Loss",
+    "BoxRegressionLoss",
     "CharbonnierLoss",
     "GeneralRobustLoss",
     "HuberLoss",
@@ -51,12 +61,18 @@ __all__ = [
     "SmoothL1Loss",
     "WingLoss",
     "adaptive_wing",
+    "anchor_targets",
     "balanced_l1",
+    "box_iou",
     "charbonnier",
+    "convert_boxes",
+    "decode_boxes",
+    "encode_boxes",
     "general_robust",
     "get",
     "huber",
     "known_losses",
+    "load_coco",
     "penalties",
     "registry",
     "smooth_l1",

@@ -22,6 +22,7 @@ Arguments shared by every loss class:
 
 from __future__ import annotations
 
+import math
 import threading
 import types
 import weakref
@@ -49,12 +50,13 @@ def align(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
     """
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.convert_to_tensor(y_true)
-    dtype = next(
-        (str(t.dtype) for t in (y_pred, y_true) if penalties._is_floating(t.dtype)),
-        "float32",
-    )
-    y_pred = ops.cast(y_pred, dtype) if str(y_pred.dtype) != dtype else y_pred
-    y_true = ops.cast(y_true, dtype) if str(y_true.dtype) != dtype else y_true
+    # Dtype names through standardize_dtype: str() of a TensorFlow dtype is
+    # "<dtype: 'float32'>", which no backend accepts back.
+    true_dtype = keras.backend.standardize_dtype(y_true.dtype)
+    pred_dtype = keras.backend.standardize_dtype(y_pred.dtype)
+    dtype = next((d for d in (pred_dtype, true_dtype) if "float" in d), "float32")
+    y_pred = ops.cast(y_pred, dtype) if pred_dtype != dtype else y_pred
+    y_true = ops.cast(y_true, dtype) if true_dtype != dtype else y_true
 
     true_shape, pred_shape = tuple(y_true.shape), tuple(y_pred.shape)
     if len(true_shape) == len(pred_shape) + 1 and true_shape[-1] == 1:
@@ -92,22 +94,33 @@ def per_sample(
     This is the one place where a loss turns inputs into per-sample (``axis=-1``) or
     per-element (``axis=None``) values. With ``with_y_true=True`` the penalty also
     receives the aligned targets, as ``penalty(y_pred - y_true, y_true, **params)``
-    (Adaptive Wing's exponent depends on them).
+    (Adaptive Wing's exponent depends on them). A penalty listed in
+    ``penalties.PAIR_FORMS`` is evaluated from the pair instead (the same values,
+    without storing the residual where the backend allows).
     """
     y_true, y_pred = align(y_true, y_pred)
     if with_y_true:
         values = penalty(y_pred - y_true, y_true, **params)
+    elif penalty in penalties.PAIR_FORMS:
+        values = penalties.PAIR_FORMS[penalty](y_true, y_pred, **params)
     else:
         values = penalty(y_pred - y_true, **params)
     if axis is None:
         return values
     if len(values.shape) == 0:
         return values
+    size = values.shape[axis]
+    if size == 0:
+        return ops.sum(values, axis=axis)  # the mean of nothing: 0, not 0 / 0
+    if keras.backend.backend() == "torch" and isinstance(size, int) and size > 0:
+        # torch.mean's backward divides after broadcasting, which writes a gradient
+        # the size of `values`; dividing the sum leaves that broadcast a view.
+        return ops.sum(values, axis=axis) / size
     return ops.mean(values, axis=axis)
 
 
 def _check_axis(axis: Any) -> int | None:
-    if axis is None or (isinstance(axis, int) and not isinstance(axis, bool)):
+    if axis is None or (type(axis) is int and axis == -1):
         return axis
     raise ValueError(
         "Invalid value for argument `axis`: expected -1 (one value per sample, the "
@@ -122,6 +135,107 @@ def _serialize_dtype(dtype: Any) -> Any:
     return keras.dtype_policies.serialize(keras.dtype_policies.get(dtype))
 
 
+# ---------------------------------------------------------------- several replicas
+
+_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
+
+
+def _tf_replicas() -> tuple[Any, int]:
+    """The ``tf.distribute`` replica context a loss runs in (None outside a
+    replica of a strategy) and the strategy's number of replicas (1 without a
+    strategy, and on every other backend)."""
+    if keras.backend.backend() != "tensorflow":
+        return None, 1
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return None, 1
+    replicas = int(tf.distribute.get_strategy().num_replicas_in_sync)
+    if tf.distribute.in_cross_replica_context():
+        return None, replicas
+    return tf.distribute.get_replica_context(), replicas
+
+
+def _same_rank(x: Any, w: Any) -> tuple[Any, Any]:
+    """Keras's rule for two tensors whose ranks differ by one: a trailing axis of
+    size 1 is added to the one of rank 1, or else dropped from the other."""
+    if len(x.shape) == len(w.shape) + 1 and x.shape[-1] == 1:
+        if len(w.shape) == 1:
+            return x, ops.expand_dims(w, -1)
+        return ops.squeeze(x, -1), w
+    if len(w.shape) == len(x.shape) + 1 and w.shape[-1] == 1:
+        if len(x.shape) == 1:
+            return ops.expand_dims(x, -1), w
+        return x, ops.squeeze(w, -1)
+    return x, w
+
+
+def _replica_reduce(
+    values: Any,
+    sample_weight: Any,
+    mask: Any,
+    reduction: str,
+    context: Any,
+    replicas: int,
+) -> Any:
+    """One replica's share of a loss reduced over the global batch.
+
+    With ``s`` the replica's weighted sum and ``D`` the divisor of the reduction
+    summed over every replica (values, valid mask entries or weights), the share
+    is ``s / D`` (``s`` for ``"sum"``), so that the shares, and the gradients
+    that the strategy sums, add up to the loss of the global batch. Keras logs a
+    replica's loss times the number of replicas, weighted by the replica's rows
+    ``n``; so the value (not the gradient) is scaled by ``N / (replicas * n)``,
+    ``N`` the rows of the global batch, which is 1 when the rows are split evenly
+    and makes the logged loss that of the global batch also when they are not.
+    """
+    import tensorflow as tf
+
+    dtype = values.dtype
+    if len(values.shape) == 0:
+        values = ops.reshape(values, (1,))  # one value: one row
+    weight = None if sample_weight is None else ops.cast(sample_weight, dtype)
+    size = ops.cast(ops.size(values), dtype)
+    if mask is not None:
+        mask = ops.cast(mask, dtype)
+        # Keras scales a mask so that a mean runs over its valid entries only.
+        size = size * ops.divide_no_nan(ops.sum(mask), ops.cast(ops.size(mask), dtype))
+        if weight is None:
+            weight = mask
+        else:
+            mask, weight = _same_rank(mask, weight)
+            weight = weight * mask
+    if weight is not None:
+        values, weight = _same_rank(values, weight)
+        total = ops.sum(values * weight)
+    else:
+        total = ops.sum(values)
+
+    def across(x: Any) -> Any:
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, ops.stop_gradient(x))
+
+    if reduction in _MEAN_REDUCTIONS:
+        if reduction == "mean_with_sample_weight" and weight is not None:
+            divisor = ops.sum(weight)
+        else:
+            divisor = size
+        total = ops.divide_no_nan(total, across(divisor))
+    rows = ops.cast(ops.shape(values)[0], dtype)
+    share = ops.divide_no_nan(across(rows), rows * replicas)
+    return total + ops.stop_gradient(total * (share - 1.0))
+
+
+def _weights_per_element(y_true: Any, y_pred: Any, sample_weight: Any) -> Any:
+    """With ``axis=None`` the values have the inputs' full shape; a per-sample weight
+    (``(N,)``, ``(N, 1)``, a scalar) is spread over each sample's elements, so every
+    Keras reduction, ``mean_with_sample_weight`` included, weighs elements."""
+    _, y_pred = align(y_true, y_pred)
+    weights = ops.convert_to_tensor(sample_weight)
+    while 0 < len(weights.shape) < len(y_pred.shape):
+        weights = ops.expand_dims(weights, -1)
+    return ops.broadcast_to(weights, ops.shape(y_pred))
+
+
 class PenaltyLoss(keras.losses.Loss):
     """Base class of the losses of this package: a penalty of the residual.
 
@@ -131,6 +245,19 @@ class PenaltyLoss(keras.losses.Loss):
     ``get_config``. A penalty that also needs the targets (called as ``penalty(d,
     y_true, **params)``) is marked by ``penalty_takes_y_true = True``. See the module
     docstring for ``axis``, ``reduction``, ``name`` and ``dtype``.
+
+    Several devices: every reduction gives the loss of the global batch, as on
+    one device. Under ``keras.distribution`` (JAX) the loss sees the global batch
+    as one sharded array, so Keras's reduction is already global. Under
+    ``tf.distribute`` each replica sees its own rows; Keras divides a mean by the
+    replica's own divisor and by the number of replicas, which is the global mean
+    only when every replica holds the same number of rows and, for
+    ``"mean_with_sample_weight"``, the same total weight. Here the divisors
+    (values, valid mask entries, or weights) are summed over the replicas first,
+    so that the gradients the strategy sums are those of the global batch on
+    every batch, uneven last batches included. Called outside a replica but
+    inside a strategy's scope, the loss holds the whole batch and is not divided
+    by the number of replicas.
     """
 
     penalty: Callable[..., Any]
@@ -156,11 +283,28 @@ class PenaltyLoss(keras.losses.Loss):
         return "float32" if dtype in _HALF else dtype
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        if sample_weight is not None and self.axis is None:
+            sample_weight = _weights_per_element(y_true, y_pred, sample_weight)
+        reduced = self.reduction not in (None, "none")
+        context, replicas = _tf_replicas() if reduced else (None, 1)
+        if context is not None and replicas > 1:
+            mask = getattr(y_pred, "_keras_mask", None)  # as Keras reads it on TF
+            values = self.call(
+                ops.convert_to_tensor(y_true, dtype=self.dtype),
+                ops.convert_to_tensor(y_pred, dtype=self.dtype),
+            )
+            return _replica_reduce(
+                values, sample_weight, mask, self.reduction, context, replicas
+            )
         loss = super().__call__(y_true, y_pred, sample_weight=sample_weight)
-        if self.reduction not in (None, "none") and len(loss.shape) > 0:
+        if reduced and len(loss.shape) > 0:
             # Keras returns an empty batch's (0,) values unreduced; a reduced loss is
             # a scalar, and the sum of no values is 0 (with a zero gradient).
             loss = ops.sum(loss)
+        if replicas > 1 and self.reduction in _MEAN_REDUCTIONS:
+            # In a strategy's scope but outside its replicas the whole batch is
+            # here; undo Keras's division by the number of replicas.
+            loss = loss * ops.cast(replicas, loss.dtype)
         return loss
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
@@ -182,6 +326,81 @@ class PenaltyLoss(keras.losses.Loss):
         return config
 
 
+_ONE_SUM_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight", "sum")
+
+
+def _may_have_mask(x: Any) -> bool:
+    try:
+        from keras.src.backend import get_keras_mask
+    except ImportError:  # a Keras that moved it: assume a mask may be there
+        return True
+    return get_keras_mask(x) is not None
+
+
+def _in_tf_strategy() -> bool:
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return bool(tf.distribute.has_strategy())
+
+
+def _one_sum(loss: PenaltyLoss, y_true: Any, y_pred: Any, sample_weight: Any) -> Any:
+    """The reduced loss as one sum over every element, or None where Keras's own
+    reduction must run (weights, masks, ``"none"``, ``tf.distribute``, a subclass
+    with its own ``call``, an unknown or empty last axis).
+
+    Keras's mean over the batch of per-sample means over the last axis is the sum
+    of all penalties divided by their number (by the length of the last axis for
+    ``"sum"``; a rank-1 input has one sample, returned as it is). The same number
+    in one sum skips the per-sample array, whose reduction over a short last axis
+    (four box coordinates, three colours) is slow on CPU in PyTorch and in XLA,
+    and whose mean, on PyTorch, writes a full-size gradient.
+    """
+    if (
+        sample_weight is not None
+        or loss.reduction not in _ONE_SUM_REDUCTIONS
+        or type(loss).call is not PenaltyLoss.call
+        or _may_have_mask(y_pred)
+        or _in_tf_strategy()
+    ):
+        return None
+    with keras.name_scope(loss.name):
+        return _one_sum_of(loss, y_true, y_pred)
+
+
+def _one_sum_of(loss: PenaltyLoss, y_true: Any, y_pred: Any) -> Any:
+    y_true, y_pred = align(
+        ops.convert_to_tensor(y_true, dtype=loss.dtype),
+        ops.convert_to_tensor(y_pred, dtype=loss.dtype),
+    )
+    shape = tuple(y_pred.shape)
+    last = 1 if loss.axis is None or not shape else shape[-1]
+    if not isinstance(last, int) or last == 0:
+        return None
+    if not any(isinstance(value, tuple) for value in loss.params.values()):
+        # No per-coordinate parameter, so the penalty is the same for every
+        # element: flat inputs (a view) let XLA reduce faster on CPU.
+        y_true, y_pred = ops.reshape(y_true, (-1,)), ops.reshape(y_pred, (-1,))
+    values = per_sample(
+        type(loss).penalty,
+        y_true,
+        y_pred,
+        axis=None,
+        with_y_true=loss.penalty_takes_y_true,
+        **loss.params,
+    )
+    total = ops.sum(values)
+    if len(shape) == 1 and loss.axis is not None:
+        return total / last
+    if loss.reduction == "sum":
+        return total / last if last > 1 else total
+    if all(isinstance(n, int) for n in shape):
+        size = math.prod(shape)
+        return total / size if size > 0 else total
+    return ops.divide_no_nan(total, ops.cast(ops.size(values), total.dtype))
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SmoothL1Loss(PenaltyLoss):
     """Smooth L1 loss (Girshick, Fast R-CNN, ICCV 2015), exact against PyTorch.
@@ -197,7 +416,10 @@ class SmoothL1Loss(PenaltyLoss):
     same loss only when ``beta = delta = 1``. As ``beta -> 0`` it tends to L1; when
     ``beta`` exceeds every ``|d|`` it is ``d**2 / (2 beta)``.
     ``torch.nn.SmoothL1Loss(beta=b)`` equals ``SmoothL1Loss(b, axis=None)`` with the
-    default reduction.
+    default reduction. Without ``sample_weight`` or a mask, a reduced loss is taken
+    as one sum over every element, the number Keras's mean of per-sample means
+    gives (to float rounding) without the per-sample array; see
+    :func:`smoothl1.penalties.smooth_l1` for the fast path of the penalty.
 
     Args:
         beta: threshold, a number >= 0 (``0`` is plain L1), or a sequence with one
@@ -238,6 +460,12 @@ class SmoothL1Loss(PenaltyLoss):
     @property
     def beta(self) -> float | tuple[float, ...]:
         return self.params["beta"]
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        total = _one_sum(self, y_true, y_pred, sample_weight)
+        if total is not None:
+            return total
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

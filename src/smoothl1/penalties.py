@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -46,7 +46,7 @@ def check_nonnegative(name: str, value: Any) -> float:
             f"Invalid value for argument `{name}`: expected a finite number >= 0. "
             f"Received: {name}={value!r}"
         )
-    return float(value)
+    return _check_float32_range(name, float(value))
 
 
 def check_positive(name: str, value: Any) -> float:
@@ -57,7 +57,25 @@ def check_positive(name: str, value: Any) -> float:
             f"Invalid value for argument `{name}`: expected a finite number > 0. "
             f"Received: {name}={value!r}"
         )
-    return float(value)
+    return _check_float32_range(name, float(value))
+
+
+# Hyper-parameters enter the computation as float32 (at least): a nonzero value
+# below the smallest normal float32 becomes 0 or loses its precision there, and
+# one above the largest becomes inf; either turns a penalty into nan or 0.
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(name: str, value: float) -> float:
+    if 0 < abs(value) < _FLOAT32_TINY or abs(value) > _FLOAT32_MAX:
+        raise ValueError(
+            f"Invalid value for argument `{name}`: {value!r} is outside float32's "
+            f"normal range ({_FLOAT32_TINY:.3g} to {_FLOAT32_MAX:.3g} in size), so "
+            "the loss would compute with 0 or inf instead; use a value in that range "
+            f"(or exactly 0 where 0 is allowed). Received: {name}={value!r}"
+        )
+    return value
 
 
 def check_not_nan(name: str, value: Any) -> float:
@@ -86,6 +104,8 @@ def check_beta(beta: Any, name: str = "beta") -> float | tuple[float, ...]:
         ValueError: ``beta`` is negative, NaN, infinite, non-numeric, empty or not
             one-dimensional.
     """
+    if isinstance(beta, np.ndarray) and beta.ndim == 0:
+        beta = beta.item()
     if _is_real_number(beta):
         return check_nonnegative(name, beta)
     if isinstance(beta, (str, bytes)) or not isinstance(beta, (Sequence, np.ndarray)):
@@ -105,7 +125,7 @@ def check_beta(beta: Any, name: str = "beta") -> float | tuple[float, ...]:
                 f"Invalid value for argument `{name}`: every entry must be a finite "
                 f"number >= 0. Received: {name}={beta!r}"
             )
-    return tuple(float(value) for value in values)
+    return tuple(check_nonnegative(name, value) for value in values)
 
 
 def check_last_axis(name: str, value: tuple[float, ...], residual: Any) -> None:
@@ -129,7 +149,7 @@ def _as_float_tensor(x: Any) -> Any:
 
 
 def _is_floating(dtype: Any) -> bool:
-    return "float" in str(dtype)
+    return "float" in keras.backend.standardize_dtype(dtype)
 
 
 def smooth_l1(residual: Any, beta: Beta = 1.0) -> Any:
@@ -153,6 +173,19 @@ def smooth_l1(residual: Any, beta: Beta = 1.0) -> Any:
     overflow for any finite ``d``. ``beta = 0`` takes an exact L1 path whose gradient
     is ``sign(d)`` (``0`` at ``d = 0``, as PyTorch).
 
+    Fast path: for a number or a sequence ``beta`` (checked), the same values and
+    gradients come from a fused evaluation instead of differentiating the formula
+    term by term. On PyTorch, for a number ``beta`` and float32/float64 inputs,
+    that is PyTorch's native ``smooth_l1_loss`` kernel, whose values and
+    gradients match this definition, ``beta = 0`` included. Elsewhere it is the
+    formula written with ``|c| = min(|d|, beta)`` (the same numbers) and its
+    derivative ``clip(d / beta, -1, 1)`` given directly: a custom JVP on JAX, a
+    custom gradient on TensorFlow (and on PyTorch for half precision or a
+    per-coordinate ``beta``), which keep only ``d`` for the backward pass. A
+    backend tensor ``beta`` (e.g. a running estimate) is differentiated as
+    written. :func:`smooth_l1_between` is the same penalty from
+    ``(y_true, y_pred)``, without storing ``d``.
+
     Args:
         residual: the residual ``d``, any shape, any float dtype (integers are cast
             to float32).
@@ -173,13 +206,182 @@ def smooth_l1(residual: Any, beta: Beta = 1.0) -> Any:
     [0.09, 0.75, 1.75]
     """
     d = _as_float_tensor(residual)
-    if _is_real_number(beta) or isinstance(beta, (Sequence, np.ndarray)):
-        beta = check_beta(beta)
-        if isinstance(beta, tuple):
-            check_last_axis("beta", beta, d)
-            return _smooth_l1_per_coordinate(d, beta)
-        if beta == 0.0:
-            return _l1(d)
+    dtype = keras.backend.standardize_dtype(d.dtype)
+    if dtype in ("float16", "bfloat16"):
+        # Computed in float32 and returned in the input's dtype: a beta far from 1
+        # (1e-6 or 1e5, say) is not representable in half precision.
+        return ops.cast(smooth_l1(ops.cast(d, "float32"), beta), dtype)
+    if not (_is_real_number(beta) or isinstance(beta, (Sequence, np.ndarray))):
+        return _clip_and_split(d, beta)
+    beta = check_beta(beta)
+    if isinstance(beta, tuple):
+        check_last_axis("beta", beta, d)
+    return _fast_smooth_l1(d, None, beta)
+
+
+def smooth_l1_between(y_true: Any, y_pred: Any, beta: Beta = 1.0) -> Any:
+    """``smooth_l1(y_pred - y_true; beta)``, evaluated from the pair.
+
+    The same function as :func:`smooth_l1`, for inputs of one float dtype and one
+    shape (as :func:`smoothl1.losses.align` leaves them). The fast path reads both
+    tensors directly, so that the backward pass keeps the inputs themselves and no
+    residual: on PyTorch through the native kernel, on JAX through a custom JVP of
+    the pair. Inputs of different shapes or dtypes, and a backend tensor ``beta``,
+    are evaluated as ``smooth_l1(y_pred - y_true, beta)``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from smoothl1.penalties import smooth_l1_between
+    >>> y_true = np.zeros(2, dtype="float32")
+    >>> y_pred = np.array([0.5, -3.0], dtype="float32")
+    >>> # 0.5 * 0.5**2 / 1 = 0.125; 3 - 0.5 = 2.5
+    >>> np.asarray(smooth_l1_between(y_true, y_pred), "float64").tolist()
+    [0.125, 2.5]
+    """
+    y_true = ops.convert_to_tensor(y_true)
+    y_pred = ops.convert_to_tensor(y_pred)
+    same = y_true.dtype == y_pred.dtype and tuple(y_true.shape) == tuple(y_pred.shape)
+    numeric = _is_real_number(beta) or isinstance(beta, (Sequence, np.ndarray))
+    if not (same and numeric and _is_floating(y_pred.dtype)):
+        y_true, y_pred = _as_float_tensor(y_true), _as_float_tensor(y_pred)
+        return smooth_l1(y_pred - ops.cast(y_true, y_pred.dtype), beta)
+    beta = check_beta(beta)
+    if isinstance(beta, tuple):
+        check_last_axis("beta", beta, y_pred)
+    return _fast_smooth_l1(y_pred, y_true, beta)
+
+
+# Penalties with an evaluation from (y_true, y_pred) that need not store the
+# residual; losses.per_sample calls it in place of penalty(y_pred - y_true).
+PAIR_FORMS: dict[Callable[..., Any], Callable[..., Any]] = {
+    smooth_l1: smooth_l1_between
+}
+
+
+_TORCH_NATIVE = ("float32", "float64")
+
+
+def _fast_smooth_l1(y_pred: Any, y_true: Any, beta: float | tuple[float, ...]) -> Any:
+    """The fast path of :func:`smooth_l1` for a checked ``beta``: the penalty of
+    ``y_pred - y_true``, or of ``y_pred`` itself when ``y_true`` is None.
+
+    - PyTorch, a number ``beta``, float32/float64: PyTorch's native kernel. Its
+      values and gradients are this penalty's (``clip(d / beta, -1, 1)``, 1 at
+      ``|d| = beta``; ``beta = 0`` is its L1 loss, gradient 0 at ``d = 0``). In
+      float16 it computes ``d * d``, which overflows for ``|d| > 256``, so half
+      precision, like a per-coordinate ``beta``, takes the custom gradient below.
+    - JAX: ``jax.custom_jvp`` (see ``_jax_custom_jvp``).
+    - Otherwise: ``keras.ops.custom_gradient`` of the residual.
+    """
+    backend = keras.backend.backend()
+    dtype = keras.backend.standardize_dtype(y_pred.dtype)
+    if backend == "torch" and isinstance(beta, float) and dtype in _TORCH_NATIVE:
+        import torch
+
+        if y_true is None:
+            y_true = torch.zeros((), dtype=y_pred.dtype, device=y_pred.device)
+            y_true = y_true.expand(y_pred.shape)
+        return torch.nn.functional.smooth_l1_loss(
+            y_pred, y_true, reduction="none", beta=beta
+        )
+    if backend == "jax":
+        return _jax_custom_jvp(y_pred, y_true, beta)
+    d = y_pred if y_true is None else y_pred - y_true
+    upper, divisor = _thresholds(beta, d.dtype)
+
+    @ops.custom_gradient
+    def penalty(x: Any) -> Any:
+        def grad(*args: Any, upstream: Any = None) -> Any:
+            # Keras passes the upstream gradient positionally on JAX and TensorFlow
+            # and by keyword on PyTorch.
+            if upstream is None:
+                (upstream,) = args[-1:]
+            return upstream * _smooth_l1_slope(x, upper, divisor, beta)
+
+        return _smooth_l1_value(x, upper, divisor), grad
+
+    return penalty(d)
+
+
+def _thresholds(beta: float | tuple[float, ...], dtype: Any) -> tuple[Any, Any]:
+    """``upper`` (beta) and ``divisor`` (beta, with 1 where beta = 0, where the
+    quadratic part is 0 and only ``|d|`` remains): numbers, or for a
+    per-coordinate beta, tensors of ``dtype``."""
+    if isinstance(beta, float):
+        return beta, beta if beta > 0 else 1.0
+    upper = ops.convert_to_tensor(np.asarray(beta), dtype=dtype)
+    divisor = np.asarray([b if b > 0 else 1.0 for b in beta])
+    return upper, ops.convert_to_tensor(divisor, dtype=dtype)
+
+
+def _smooth_l1_value(d: Any, upper: Any, divisor: Any) -> Any:
+    # min(|d|, beta) is |clip(d, -beta, beta)|, and 0.5 * m * (m / beta) equals
+    # 0.5 * c * (c / beta) bit for bit, so these are _clip_and_split's values. (min
+    # and abs also fuse into XLA's CPU reductions, where clip does not.)
+    a = ops.abs(d)
+    m = ops.minimum(a, upper)
+    return 0.5 * m * (m / divisor) + (a - m)
+
+
+def _smooth_l1_slope(
+    d: Any, upper: Any, divisor: Any, beta: float | tuple[float, ...]
+) -> Any:
+    # clip(d / beta, -1, 1), written as sign(d) * (min(|d|, beta) / beta): the same
+    # number, since division is symmetric in sign, and with no constant that XLA
+    # could share with the forward pass. Where beta = 0 the slope is sign(d).
+    betas = beta if isinstance(beta, tuple) else (beta,)
+    if max(betas) == 0.0:
+        return ops.sign(d)
+    ratio = ops.sign(d) * (ops.minimum(ops.abs(d), upper) / divisor)
+    return ratio if min(betas) > 0.0 else ops.where(upper > 0, ratio, ops.sign(d))
+
+
+def _jax_custom_jvp(y_pred: Any, y_true: Any, beta: float | tuple[float, ...]) -> Any:
+    """The penalty with its derivative written out, on JAX.
+
+    The tangent is ``slope(d) * (dy_pred - dy_true)``, linear in the tangents, so
+    JAX differentiates it in either mode (gradients, ``jax.jvp``, Hessians); in
+    reverse mode under ``jit`` XLA computes it in one elementwise loop from the
+    inputs, with no temporary. The inputs and thresholds of ``slope`` pass through
+    ``optimization_barrier``: without it, XLA shares ``d`` and the constant
+    ``beta`` between that loop and the forward reduction and, on CPU, stores both
+    as N-sized arrays.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    upper, divisor = (
+        jnp.asarray(t, dtype=y_pred.dtype) for t in _thresholds(beta, y_pred.dtype)
+    )
+    pair = y_true is not None
+
+    def residual(xs: Any) -> Any:
+        return xs[0] - xs[1] if pair else xs[0]
+
+    @jax.custom_jvp
+    def penalty(*xs: Any) -> Any:
+        return _smooth_l1_value(residual(xs), upper, divisor)
+
+    @penalty.defjvp
+    def derivative(xs: Any, dxs: Any) -> tuple[Any, Any]:
+        *kept, up, div = jax.lax.optimization_barrier((*xs, upper, divisor))
+        slope = _smooth_l1_slope(residual(kept), up, div, beta)
+        return penalty(*xs), slope * residual(dxs)
+
+    return penalty(y_pred, y_true) if pair else penalty(y_pred)
+
+
+def _clip_and_split(d: Any, beta: Any) -> Any:
+    """The defining formula of :func:`smooth_l1`, differentiated automatically.
+
+    Used for a backend tensor ``beta``, and by the tests as the reference that
+    the fast path must match.
+    """
+    if isinstance(beta, tuple):
+        return _smooth_l1_per_coordinate(d, beta)
+    if _is_real_number(beta) and beta == 0.0:
+        return _l1(d)
     c = ops.clip(d, -beta, beta)
     return 0.5 * c * (c / beta) + (ops.abs(d) - ops.abs(c))
 
@@ -191,7 +393,10 @@ def _smooth_l1_per_coordinate(d: Any, beta: tuple[float, ...]) -> Any:
         np.asarray([b if b > 0 else 1.0 for b in beta]), dtype=d.dtype
     )
     c = ops.minimum(ops.maximum(d, -upper), upper)
-    return 0.5 * c * (c / divisor) + (ops.abs(d) - ops.abs(c))
+    # |x| as sign(x) * x: its gradient is 0 at 0 on every backend, where JAX gives
+    # ops.abs a gradient of 1 and splits min/max ties, which left a wrong gradient
+    # at d = 0 for a zero entry.
+    return 0.5 * c * (c / divisor) + (_l1(d) - _l1(c))
 
 
 def _l1(d: Any) -> Any:

@@ -82,6 +82,19 @@ def fit(
     max_levels: Annotated[
         int, typer.Option(help="Most levels a categorical feature may have.")
     ] = 50,
+    devices: Annotated[
+        int,
+        typer.Option(
+            help="Data parallel over this many local devices (JAX or TensorFlow)."
+        ),
+    ] = 1,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            help="Read the file in chunks, for tables larger than memory (rows "
+            "split by a seeded hash of the row number)."
+        ),
+    ] = False,
     out: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
@@ -124,6 +137,8 @@ def fit(
             out=None if out is None else str(out),
             overwrite=overwrite,
             verbose=not quiet,
+            devices=devices,
+            stream=stream,
         )
         result = fit_table(options)
     except UserError as error:
@@ -278,7 +293,9 @@ def compare(
             options = CompareOptions(
                 data=data,
                 targets=list(target or []),
-                losses=parse_losses(losses) if losses else list(DEFAULT_LOSSES),
+                losses=(
+                    parse_losses(losses) if losses is not None else list(DEFAULT_LOSSES)
+                ),
                 outliers=parse_fractions(outliers),
                 seeds=seeds,
                 seed=seed,

@@ -38,6 +38,7 @@ from smoothl1.cli.data import UserError
 from smoothl1.cli.train import (
     RunDirectory,
     build_model,
+    check_model_options,
     make_loss,
     seed_everything,
     write_atomic,
@@ -418,8 +419,11 @@ class CompareResult:
 
 def compare_table(options: CompareOptions) -> CompareResult:
     start = time.perf_counter()
+    check_model_options(options)
     if options.seeds < 1:
         raise UserError(f"--seeds must be at least 1; got {options.seeds}")
+    if options.test_split <= 0:
+        raise UserError("--test-split must be above 0: compare measures test error")
     if options.strategy not in ("batched", "loop"):
         raise UserError(f"--strategy must be batched or loop; got {options.strategy!r}")
     for spec in options.losses:
@@ -440,6 +444,8 @@ def compare_table(options: CompareOptions) -> CompareResult:
     frame, features, categories, dropped = data_mod.check_columns(
         frame, targets, options.drop_missing, options.max_levels
     )
+    for spec in specs:
+        make_loss(spec, len(targets))
     trainer = BatchedTrainer(specs, options.outliers, options)
     seeds = [options.seed + i for i in range(options.seeds)]
     run = RunDirectory(

@@ -365,6 +365,16 @@ def check_prediction_rows(frame: pd.DataFrame, prep: Preprocessing) -> None:
             f"{int(missing.sum())} rows have missing feature values (first at data row "
             f"{int(np.flatnonzero(missing)[0]) + 1}); fill or drop them"
         )
+    for column, levels in prep.categories.items():
+        values = frame[column].astype(str)
+        unseen = sorted(set(values) - set(levels))
+        if unseen:
+            shown = ", ".join(map(repr, unseen[:5]))
+            raise UserError(
+                f"feature column {column!r} has level(s) {shown}"
+                f" not seen in training (known: {', '.join(map(repr, levels[:10]))}); "
+                "the model has no input for them"
+            )
     for column in prep.features:
         if column not in prep.categories and not pd.api.types.is_numeric_dtype(
             frame[column]

@@ -10,12 +10,18 @@ import numpy as np
 from smoothl1 import registry
 from smoothl1.cli.data import UserError
 from smoothl1.cli.train import make_loss, write_atomic
+from smoothl1.losses import SelfAdjustingSmoothL1Loss
 
 
 def penalty_curve(spec: str, residual: np.ndarray) -> np.ndarray:
     """The per-element penalty of ``spec`` at each residual (``y_true = 0``), read
     through the loss itself with no reduction, so Keras's own losses work too."""
-    loss = make_loss(spec)
+    loss = make_loss(spec, n_targets=1)
+    if isinstance(loss, SelfAdjustingSmoothL1Loss):
+        raise UserError(
+            f"--loss {spec!r}: the self-adjusting loss has no fixed shape to draw (its "
+            "beta follows training); draw smooth_l1 at the betas it moves between"
+        )
     per_sample = type(loss).from_config({**loss.get_config(), "reduction": "none"})
     d = residual.astype("float32")[:, None]
     values = per_sample(np.zeros_like(d), d)

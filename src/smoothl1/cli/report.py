@@ -77,9 +77,9 @@ def fit_markdown(metrics: dict[str, Any], options: Any) -> str:
         "",
         "![learning curves](learning_curves.png)",
         "",
-        "![residuals](residuals.png)",
-        "",
     ]
+    if "test" in metrics or "validation" in metrics:
+        lines += ["![residuals](residuals.png)", ""]
     return "\n".join(lines)
 
 

@@ -181,7 +181,7 @@ def suggest_beta(options: SuggestOptions) -> SuggestResult:
             f"got {options.baseline!r}"
         )
     fit_options = options.fit_options()
-    train._check_model_options(fit_options)
+    train.check_model_options(fit_options)
     table = train.prepare_table(fit_options)
     run = train.RunDirectory(
         options.out,

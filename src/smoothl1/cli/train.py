@@ -24,6 +24,7 @@ import pandas as pd
 
 from smoothl1 import registry
 from smoothl1.cli import data as data_mod
+from smoothl1.cli import devices as devices_mod
 from smoothl1.cli.data import UserError
 from smoothl1.losses import SelfAdjustingSmoothL1Loss
 
@@ -49,12 +50,19 @@ class FitOptions:
     out: str | None = None
     overwrite: bool = False
     verbose: bool = True
+    devices: int = 1  # data parallel over this many local devices (cli/devices.py)
+    stream: bool = False  # read the file in chunks (cli/stream.py)
 
 
 # ---------------------------------------------------------------- pieces
 
 
 def loss_spec(loss: str, beta: float | Sequence[float], delta: float) -> str:
+    name, colon, params = loss.strip().partition(":")
+    return _loss_spec(name.strip().lower() + colon + params, beta, delta)
+
+
+def _loss_spec(loss: str, beta: float | Sequence[float], delta: float) -> str:
     """The loss spec for ``--loss NAME --beta B --delta D``: ``--beta`` and
     ``--delta`` fill in ``smooth_l1`` and ``huber`` when the name carries no
     parameters of its own (a sequence of betas, one per target, is joined by
@@ -70,11 +78,22 @@ def loss_spec(loss: str, beta: float | Sequence[float], delta: float) -> str:
     return loss
 
 
-def make_loss(spec: str) -> keras.losses.Loss:
+def make_loss(spec: str, n_targets: int | None = None) -> keras.losses.Loss:
+    """The loss a spec names; with ``n_targets``, also checks that a per-coordinate
+    parameter has one value per target column."""
     try:
-        return registry.get(spec)
+        loss = registry.get(spec)
     except ValueError as error:
         raise UserError(f"--loss {spec!r}: {error}") from error
+    per_target = [
+        v for v in getattr(loss, "params", {}).values() if isinstance(v, tuple)
+    ]
+    if n_targets is not None and any(len(v) != n_targets for v in per_target):
+        raise UserError(
+            f"--loss {spec!r}: a per-coordinate parameter needs one value per target "
+            f"column, and there are {n_targets}"
+        )
+    return loss
 
 
 def seed_everything(seed: int) -> None:
@@ -148,17 +167,44 @@ def stdout_to_stderr() -> Iterator[None]:
         yield
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, content: str | bytes) -> None:
-    """Writes a file through a temporary name in the same folder."""
+    """Writes a file through a temporary name in the same folder, with the
+    permissions of an ordinary new file (mkstemp's own are 0600)."""
     mode = "wb" if isinstance(content, bytes) else "w"
+    if path.is_dir():
+        raise UserError(f"{str(path)!r} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"folder {str(path.parent)!r} does not exist")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, mode) as handle:
             handle.write(content)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+RUN_MARKERS = ("metrics.json", "results.json", "suggestion.json")
+
+
+def _replaceable(path: Path) -> bool:
+    """Only an empty directory or an earlier run of this command line (it holds one
+    of our result files, and no subfolder) may be replaced by --overwrite: never a
+    folder of the user's own, such as the one holding the data."""
+    entries = list(path.iterdir())
+    if not entries:
+        return True
+    if any(entry.is_dir() for entry in entries):
+        return False
+    return any((path / marker).is_file() for marker in RUN_MARKERS)
 
 
 class RunDirectory:
@@ -181,13 +227,26 @@ class RunDirectory:
                 )
             if path.exists() and not path.is_dir():
                 raise UserError(f"--out {str(path)!r} exists and is not a directory")
-        self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(
-            tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        )
+            if path.exists() and not _replaceable(path):
+                raise UserError(
+                    f"--out {str(path)!r} is not an earlier smoothl1 run directory, "
+                    "so --overwrite will not replace it; choose another --out"
+                )
+        self.path = Path(os.path.abspath(path))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(
+                tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+            )
+            os.chmod(self.staging, 0o777 & ~_umask())
+        except OSError as error:
+            raise UserError(
+                f"cannot create the run directory {str(path)!r}: {error.strerror}"
+            ) from error
 
     def commit(self) -> Path:
+        """Moves the finished run into place (replacing an earlier run only when
+        --overwrite allowed it in ``__init__``)."""
         if self.path.exists():
             old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
             os.replace(self.path, old)
@@ -225,12 +284,18 @@ class PreparedTable:
 def fit_table(options: FitOptions) -> FitResult:
     """Loads the table, trains the classic model, writes the run directory."""
     start = time.perf_counter()
-    _check_model_options(options)
+    check_model_options(options)
+    if options.stream:
+        from smoothl1.cli import stream
+
+        return stream.fit_stream(options)
+    parallel = devices_mod.plan(options.devices, options.batch_size)
     auto_beta = options.beta == "auto"
     beta = 1.0 if auto_beta else float(options.beta)
     spec = loss_spec(options.loss, beta, options.delta)
     loss = make_loss(spec)  # a bad --loss fails before any data is read
     table = prepare_table(options)
+    make_loss(spec, len(table.targets))  # one value per target where it takes one
     suggestion = None
     if auto_beta and options.loss == "smooth_l1":
         from smoothl1.cli import suggest
@@ -246,9 +311,10 @@ def fit_table(options: FitOptions) -> FitResult:
         options.overwrite,
     )
     try:
-        metrics = _train_and_write(
-            options, spec, loss, table.prep, table.arrays, run.staging
-        )
+        with parallel.scope():
+            metrics = _train_and_write(
+                options, spec, loss, table.prep, table.arrays, run.staging, parallel
+            )
         metrics.update(
             data=options.data or data_mod.DEFAULT_DATASET,
             targets=table.targets,
@@ -295,7 +361,7 @@ def prepare_table(options: FitOptions) -> PreparedTable:
     return PreparedTable(data_name, targets, dropped, prep, arrays)
 
 
-def _check_model_options(options: FitOptions) -> None:
+def check_model_options(options: Any) -> None:
     checks = [
         ("--epochs", options.epochs, options.epochs >= 1),
         ("--batch-size", options.batch_size, options.batch_size >= 1),
@@ -306,10 +372,11 @@ def _check_model_options(options: FitOptions) -> None:
         ),
         ("--hidden", options.hidden, all(h >= 1 for h in options.hidden)),
         ("--max-levels", options.max_levels, options.max_levels >= 1),
+        ("--seed", options.seed, 0 <= options.seed < 2**32),
     ]
     for name, value, ok in checks:
         if not ok:
-            raise UserError(f"{name} must be positive; got {value}")
+            raise UserError(f"{name} must be positive (--seed: >= 0); got {value}")
 
 
 def _train_and_write(
@@ -319,25 +386,29 @@ def _train_and_write(
     prep: data_mod.Preprocessing,
     arrays: dict[str, tuple[np.ndarray, np.ndarray]],
     folder: Path,
+    parallel: devices_mod.DataParallel | None = None,
 ) -> dict[str, Any]:
     seed_everything(options.seed)
-    x_train, y_train = arrays["train"]
+    parallel = parallel or devices_mod.DataParallel()
+    # Several devices: batches must split evenly (see cli/devices.py).
+    x_train, y_train = parallel.even(arrays["train"])
+    validation = parallel.even(arrays["validation"])
     model = build_model(
         x_train.shape[1], y_train.shape[1], options.hidden, options.seed
     )
     if isinstance(loss, SelfAdjustingSmoothL1Loss):
         model = loss.attach(model)  # its running state is a layer on the output
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=loss)
-    has_validation = len(arrays["validation"][0]) > 0
+    has_validation = len(validation[0]) > 0
     with stdout_to_stderr():
         history = model.fit(
             x_train,
             y_train,
-            validation_data=arrays["validation"] if has_validation else None,
+            validation_data=validation if has_validation else None,
             epochs=options.epochs,
             batch_size=options.batch_size,
             # One validation batch: one compiled evaluation step instead of two.
-            validation_batch_size=max(1, len(arrays["validation"][0])),
+            validation_batch_size=max(1, len(validation[0])),
             verbose=2 if options.verbose else 0,
         )
 
@@ -349,11 +420,17 @@ def _train_and_write(
         "epochs": options.epochs,
         "seed": options.seed,
     }
+    if parallel.devices > 1:
+        metrics["devices"] = parallel.to_json()
+        metrics["rows_left_out_for_devices"] = {
+            "train": len(arrays["train"][0]) - len(x_train),
+            "validation": len(arrays["validation"][0]) - len(validation[0]),
+        }
     # One predict call over every split: one compiled step instead of one per size.
     names = [name for name, (x, _) in arrays.items() if len(x)]
     x_all = np.concatenate([arrays[name][0] for name in names])
     y_all = prep.inverse_y(
-        model.predict(x_all, batch_size=min(len(x_all), 65536), verbose=0)
+        parallel.predict(model, x_all, batch_size=min(len(x_all), 65536))
     )
     predictions = {}
     offset = 0
@@ -390,3 +467,6 @@ def _write_report(folder: Path, metrics: dict[str, Any], options: FitOptions) ->
     from smoothl1.cli import report
 
     write_atomic(folder / "report.md", report.fit_markdown(metrics, options))
+
+
+_check_model_options = check_model_options  # the name stream.py imports
