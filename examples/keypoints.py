@@ -7,7 +7,7 @@ transform is. Two kinds of network find them:
 
 - coordinate regression (convolutions, then two Dense layers giving 5 x 2
   pixel coordinates), trained with Smooth L1 (beta = 1 px), Wing (width 10,
-  curvature 2, the paper's values for pixel coordinates) or L2 (``mse``);
+  curvature 2, the Wing paper's values, here in pixels) or L2 (``mse``);
 - heatmap regression (one 16 x 16 map per keypoint, a Gaussian of 1 cell = 4 px
   at the keypoint), trained with Adaptive Wing (the paper's values, and its
   weighted loss map: weight 10 on the dilated foreground) or, with the same
