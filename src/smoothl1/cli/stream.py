@@ -763,6 +763,11 @@ def _train_and_write(
         model = loss.attach(model)
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=loss)
     train_rows = parallel.even_rows(table.rows["train"])
+    if train_rows == 0:
+        raise UserError(
+            f"{table.rows['train']} training rows cannot be split over "
+            f"--devices {parallel.devices}"
+        )
     validation_rows = parallel.even_rows(table.rows["validation"])
     train = SplitBatches(table, "train", options.batch_size, train_rows, True)
     validation = SplitBatches(
