@@ -636,7 +636,8 @@ class StreamingErrors:
         if self.y_moments is None:
             self.y_moments = _Moments(y_true.shape[1])
             self.ss_res = np.zeros(y_true.shape[1])
-        assert self.ss_res is not None
+        if self.ss_res is None:  # set together with y_moments just above
+            raise RuntimeError("streaming metrics lost their residual sums")
         self.y_moments.update(y_true)
         self.ss_res += (residual**2).sum(axis=0)
         self.abs_sum += float(np.abs(residual).sum())
@@ -654,7 +655,8 @@ class StreamingErrors:
         return np.concatenate(self.sample_true), np.concatenate(self.sample_pred)
 
     def result(self) -> dict[str, float]:
-        assert self.y_moments is not None and self.ss_res is not None
+        if self.y_moments is None or self.ss_res is None:
+            raise RuntimeError("streaming metrics asked for a result before any rows")
         ss_tot = self.y_moments.m2
         r2 = np.where(
             ss_tot > 0, 1 - self.ss_res / np.where(ss_tot > 0, ss_tot, 1), np.nan
