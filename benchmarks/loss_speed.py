@@ -1,8 +1,9 @@
 """Speed and memory of SmoothL1Loss against keras.losses.Huber, PyTorch's native
 smooth_l1_loss and the memory-bandwidth floor, on every Keras backend.
 
-    python benchmarks/loss_speed.py            # N = 1e5, 1e6, 1e7 (about 10 minutes)
+    python benchmarks/loss_speed.py            # N = 1e5, 1e6, 1e7 (1 to 2 minutes)
     python benchmarks/loss_speed.py --quick    # N = 1e5, 1e6, fewer repeats
+    python benchmarks/loss_speed.py --cpus 1   # each backend pinned to one core
 
 Keras picks one backend per process, so each backend runs in its own subprocess, in
 the mode Keras trains in: TensorFlow inside ``tf.function(jit_compile=True)`` (XLA),
@@ -25,8 +26,9 @@ value) and forward+backward (value and gradient with respect to ``y_pred``):
 
 The implementations run interleaved (one call of each in turn, in alternating
 order, ``repeats`` times, after a warm-up call that also compiles), and each figure
-is the median. Ratios
-compare figures of the same run; absolute times on a shared machine mean little.
+is the median. Ratios compare figures of the same run; absolute times on a shared
+machine mean little. On a machine shared with other work, ``--cpus 1`` keeps the
+backends' thread pools from waiting on threads the system has descheduled.
 
 Memory kept for the backward pass: on PyTorch, the tensors saved by autograd
 (``torch.autograd.graph.saved_tensors_hooks``), counted by distinct storage, with

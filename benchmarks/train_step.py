@@ -3,6 +3,7 @@ keras.losses.Huber, on every Keras backend.
 
     python benchmarks/train_step.py            # 256 x 256 x 3 images, batch 8
     python benchmarks/train_step.py --quick    # 128 x 128 x 3, fewer steps
+    python benchmarks/train_step.py --cpus 1   # each backend pinned to one core
 
 The net maps an image to an image of the same size (three 3 x 3 convolutions: 16,
 16 and 3 filters, ``"same"`` padding), the shape of super-resolution, denoising or

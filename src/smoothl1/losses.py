@@ -99,12 +99,7 @@ def per_sample(
     without storing the residual where the backend allows).
     """
     y_true, y_pred = align(y_true, y_pred)
-    if with_y_true:
-        values = penalty(y_pred - y_true, y_true, **params)
-    elif penalty in penalties.PAIR_FORMS:
-        values = penalties.PAIR_FORMS[penalty](y_true, y_pred, **params)
-    else:
-        values = penalty(y_pred - y_true, **params)
+    values = _elementwise(penalty, y_true, y_pred, with_y_true, params)
     if axis is None:
         return values
     if len(values.shape) == 0:
@@ -117,6 +112,22 @@ def per_sample(
         # the size of `values`; dividing the sum leaves that broadcast a view.
         return ops.sum(values, axis=axis) / size
     return ops.mean(values, axis=axis)
+
+
+def _elementwise(
+    penalty: Callable[..., Any],
+    y_true: Any,
+    y_pred: Any,
+    with_y_true: bool,
+    params: dict[str, Any],
+) -> Any:
+    """The penalty of aligned inputs, element by element."""
+    if with_y_true:
+        return penalty(y_pred - y_true, y_true, **params)
+    pair_form = penalties.PAIR_FORMS.get(penalty)
+    if pair_form is not None:
+        return pair_form(y_true, y_pred, **params)
+    return penalty(y_pred - y_true, **params)
 
 
 def _check_axis(axis: Any) -> int | None:
@@ -382,13 +393,8 @@ def _one_sum_of(loss: PenaltyLoss, y_true: Any, y_pred: Any) -> Any:
         # No per-coordinate parameter, so the penalty is the same for every
         # element: flat inputs (a view) let XLA reduce faster on CPU.
         y_true, y_pred = ops.reshape(y_true, (-1,)), ops.reshape(y_pred, (-1,))
-    values = per_sample(
-        type(loss).penalty,
-        y_true,
-        y_pred,
-        axis=None,
-        with_y_true=loss.penalty_takes_y_true,
-        **loss.params,
+    values = _elementwise(
+        type(loss).penalty, y_true, y_pred, loss.penalty_takes_y_true, loss.params
     )
     total = ops.sum(values)
     if len(shape) == 1 and loss.axis is not None:

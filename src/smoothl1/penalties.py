@@ -226,8 +226,8 @@ def smooth_l1_between(y_true: Any, y_pred: Any, beta: Beta = 1.0) -> Any:
     shape (as :func:`smoothl1.losses.align` leaves them). The fast path reads both
     tensors directly, so that the backward pass keeps the inputs themselves and no
     residual: on PyTorch through the native kernel, on JAX through a custom JVP of
-    the pair. Inputs of different shapes or dtypes, and a backend tensor ``beta``,
-    are evaluated as ``smooth_l1(y_pred - y_true, beta)``.
+    the pair. Inputs of different shapes or dtypes, half-precision inputs and a
+    backend tensor ``beta`` are evaluated as ``smooth_l1(y_pred - y_true, beta)``.
 
     Example:
 
@@ -243,7 +243,9 @@ def smooth_l1_between(y_true: Any, y_pred: Any, beta: Beta = 1.0) -> Any:
     y_pred = ops.convert_to_tensor(y_pred)
     same = y_true.dtype == y_pred.dtype and tuple(y_true.shape) == tuple(y_pred.shape)
     numeric = _is_real_number(beta) or isinstance(beta, (Sequence, np.ndarray))
-    if not (same and numeric and _is_floating(y_pred.dtype)):
+    wide = keras.backend.standardize_dtype(y_pred.dtype) in ("float32", "float64")
+    if not (same and numeric and wide):
+        # Half precision too: smooth_l1 computes it in float32.
         y_true, y_pred = _as_float_tensor(y_true), _as_float_tensor(y_pred)
         return smooth_l1(y_pred - ops.cast(y_true, y_pred.dtype), beta)
     beta = check_beta(beta)
