@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -163,9 +164,10 @@ def run_recipe(options: Options, body: Callable[[Path], str]) -> int:
 
 
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
-    """The mean, and the sample standard deviation over seeds (0 for one seed)."""
+    """The mean, and the sample standard deviation over seeds (NaN for one seed:
+    one seed shows no spread, which is not a spread of 0; tables print "-")."""
     array = np.asarray(values, dtype="float64")
-    spread = float(array.std(ddof=1)) if array.size > 1 else 0.0
+    spread = float(array.std(ddof=1)) if array.size > 1 else math.nan
     return float(array.mean()), spread
 
 
@@ -189,11 +191,17 @@ def write_table(
     )
     lines = [header, rule + " |"]
     for row in rows:
-        cells = [form.format(row[key]) for _, key, form in markdown_columns]
+        cells = [_cell(row[key], form) for _, key, form in markdown_columns]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n\n" + caption.strip() + "\n"
     (directory / "results.md").write_text(table)
     return table
+
+
+def _cell(value: Any, form: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return form.format(value)
 
 
 def write_settings(directory: Path, settings: Any, **extra: Any) -> None:

@@ -106,6 +106,51 @@ def test_overwrite_replaces_only_when_asked(tmp_path):
     assert not (out / "old.txt").exists() and (out / "model.keras").is_file()
 
 
+def test_two_runs_never_share_a_run_directory(tmp_path, monkeypatch):
+    # Found by testing: two runs started together with one --out (or default names
+    # made in the same second) both moved into place, the second over the first.
+    from smoothl1.cli.data import UserError
+    from smoothl1.cli.train import RunDirectory
+
+    out = tmp_path / "race"
+    first = RunDirectory(str(out), "unused", overwrite=False)
+    with pytest.raises(UserError, match="already exists"):
+        RunDirectory(str(out), "unused", overwrite=False)
+    (first.staging / "metrics.json").write_text('{"seed": 1}')
+    assert first.commit() == out.resolve()
+    assert json.loads((out / "metrics.json").read_text()) == {"seed": 1}
+
+    monkeypatch.chdir(tmp_path)
+    a = RunDirectory(None, "same-second", overwrite=False)
+    b = RunDirectory(None, "same-second", overwrite=False)
+    assert a.path != b.path and a.path.is_dir() and b.path.is_dir()
+    a.discard()  # a failed run leaves neither its staging nor its reservation
+    assert not a.path.exists() and not a.staging.exists()
+
+
+def test_a_run_never_replaces_what_appeared_in_its_reservation(tmp_path):
+    from smoothl1.cli.data import UserError
+    from smoothl1.cli.train import RunDirectory
+
+    out = tmp_path / "run"
+    run = RunDirectory(str(out), "unused", overwrite=False)
+    (out / "mine.txt").write_text("precious")  # written by someone during the run
+    (run.staging / "metrics.json").write_text("{}")
+    with pytest.raises(UserError, match="kept in"):
+        run.commit()
+    run.discard()
+    assert (out / "mine.txt").read_text() == "precious"
+    assert (run.staging / "metrics.json").is_file()  # the run is not lost either
+
+
+def test_out_that_is_a_file_is_named_as_such(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("mine")
+    result = invoke("fit", "--out", str(path), *FAST)
+    assert result.exit_code == 2
+    assert "is not a directory" in result.stderr and path.read_text() == "mine"
+
+
 def test_summary_table_on_stdout(tmp_path):
     result = invoke("fit", "stackloss", "--out", str(tmp_path / "r"), *FAST)
     assert result.exit_code == 0, result.output
@@ -195,6 +240,12 @@ def test_bad_files(tmp_path):
     cases = [
         (_csv(tmp_path, "", "empty.csv"), "y", "is empty"),
         (_csv(tmp_path, "a,y\n1,x\n2,z\n", "text.csv"), "y", "is not numeric"),
+        # The value named is the first that is not a number, not the first value.
+        (
+            _csv(tmp_path, "a,y\n1,2.5\n2,-1\n3,oops\n", "late.csv"),
+            "y",
+            "is not numeric ('oops' at data row 3 (the first row after the header",
+        ),
         (
             _csv(tmp_path, "a,y\n1,2\n2,3\n3,4\n", "few.csv"),
             "y",
@@ -311,6 +362,32 @@ def test_plot_draws_and_reads_penalties_through_the_loss(tmp_path):
     assert bad.exit_code == 2 and "Unknown loss" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--loss", "mse", "--beta", "0.5"], "--beta 0.5 applies to --loss smooth_l1"),
+        (["--loss", "huber", "--beta", "0.3"], "--beta 0.3 applies to --loss"),
+        (["--loss", "smooth_l1", "--delta", "3"], "--delta 3.0 applies to --loss"),
+        (["--loss", "smooth_l1:beta=0.5", "--beta", "2"], "disagree"),
+        (["--loss", "huber:delta=2", "--delta", "3"], "disagree"),
+        (["--loss", "huber", "--beta", "auto"], "--beta auto applies to"),
+    ],
+)
+def test_options_a_loss_does_not_use_are_refused(tmp_path, args, message):
+    # Found by testing: each of these trained another loss than asked, silently.
+    result = invoke("fit", *FAST, *args, "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_beta_auto_works_for_an_upper_case_loss_name(tmp_path):
+    result = invoke("fit", *FAST, "--loss", "SMOOTH_L1", "--beta", "auto",
+                    "--out", str(tmp_path / "r"), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "beta_auto" in json.loads(result.stdout)
+
+
 def test_losses_lists_every_registry_name():
     from smoothl1.registry import known_losses
 
@@ -335,7 +412,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--seed", "-1"], "--seed must be positive"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32)"),
         (["--loss", "smooth_l1:beta=0.1|0.2"], "one value per target column"),
         (["--loss", "SMOOTH_L1", "--beta", "0.5"], None),
     ],

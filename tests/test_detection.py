@@ -814,3 +814,38 @@ def test_example_on_coco_files(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len((out / "results.csv").read_text().splitlines()) == 6
+
+
+@keras.saving.register_keras_serializable(package="smoothl1_tests")
+class _ForgetfulLoss(keras.losses.Loss):
+    """A loss whose config leaves out its parameter, as keras.losses.Huber's does
+    in Keras 3.15: it reloads with scale 1."""
+
+    def __init__(self, scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, y_true, y_pred):
+        return self.scale * keras.ops.mean(keras.ops.abs(y_pred - y_true), axis=-1)
+
+
+def test_a_loss_that_does_not_reload_as_itself_is_refused():
+    # Found by testing: BoxRegressionLoss(loss=keras.losses.Huber(2.0)) reloaded
+    # as Huber with delta 1 (one positive anchor at 3: 16 before, 10 after).
+    with pytest.raises(ValueError, match="reloads as a different loss"):
+        BoxRegressionLoss(loss=_ForgetfulLoss(scale=3.0))
+    BoxRegressionLoss(loss=_ForgetfulLoss(scale=1.0))  # reloads as itself
+    y_true = rows(np.zeros((1, 1, 4)), [[1]])
+    y_pred = f32(np.full((1, 1, 4), 3.0))
+    # Huber delta 2 at d = 3: 2 * (3 - 1) = 4 per coordinate, 16 for the four.
+    for loss in (smoothl1.HuberLoss(2.0), "huber:delta=2"):
+        box = BoxRegressionLoss(loss=loss)
+        again = BoxRegressionLoss.from_config(box.get_config())
+        np.testing.assert_allclose(to_numpy(again(y_true, y_pred)), 16.0, rtol=1e-6)
+    try:
+        box = BoxRegressionLoss(loss=keras.losses.Huber(2.0))
+    except ValueError as error:  # a Keras whose Huber config drops delta
+        assert "huber:delta=2" in str(error)
+    else:  # a Keras whose Huber config keeps it
+        again = BoxRegressionLoss.from_config(box.get_config())
+        np.testing.assert_allclose(to_numpy(again(y_true, y_pred)), 16.0, rtol=1e-6)

@@ -403,6 +403,39 @@ def test_gradient_finite_everywhere_and_zero_at_zero(name):
     assert grad[0] == 0.0  # every docstring: the gradient returned at d = 0 is 0
 
 
+EXTREME_PARAMETERS = {
+    "smooth_l1 beta=1e-6": lambda x: penalties.smooth_l1(x, 1e-6),
+    "smooth_l1 beta=1e5": lambda x: penalties.smooth_l1(x, 1e5),
+    "huber delta=1e-3": lambda x: penalties.huber(x, 1e-3),
+    "huber delta=1e3": lambda x: penalties.huber(x, 1e3),
+    "wing width=1e-2": lambda x: penalties.wing(x, width=1e-2, curvature=1e-3),
+    "wing width=1e3": lambda x: penalties.wing(x, width=1e3, curvature=1e2),
+    "balanced_l1 beta=1e-3": lambda x: penalties.balanced_l1(x, beta=1e-3),
+    "charbonnier eps=1e-6": lambda x: penalties.charbonnier(x, epsilon=1e-6),
+    **{
+        f"general_robust {a} scale={c}": (
+            lambda x, a=a, c=c: penalties.general_robust(x, a, scale=c)
+        )
+        for a in ALPHAS
+        for c in (1e-3, 1e3)
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(EXTREME_PARAMETERS))
+def test_no_nan_gradient_for_extreme_parameters(name):
+    # The kind of fault found by testing: Barron at alpha = inf with scale 1e-3 gave
+    # a nan gradient on JAX (inf from the clipped branch times the clip's zero
+    # gradient). A value may overflow to inf where the penalty grows faster than
+    # |d|, and its gradient is then not finite either (documented); wherever the
+    # value is finite, so is the gradient, and a value is never nan.
+    d = f32([0.0, 1e-6, -1e-6, 0.3, -3.0, 50.0, -1e3, 1e6, 1e30])
+    value, grad = value_and_grad(EXTREME_PARAMETERS[name], d)
+    assert not np.isnan(value).any(), value
+    finite = np.isfinite(value)
+    assert np.isfinite(grad[finite]).all(), (value, grad)
+
+
 @pytest.mark.parametrize(
     "alpha, expected_value, expected_grad",
     [

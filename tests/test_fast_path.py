@@ -221,6 +221,35 @@ def test_loss_with_a_keras_mask_still_uses_it():
     np.testing.assert_allclose(to_numpy(value), 5.5 / 3, rtol=RTOL["float32"])
 
 
+def test_per_element_loss_spreads_a_keras_mask_over_the_last_axis():
+    # axis=None with a mask of one entry per step (found by testing: Keras failed to
+    # broadcast the (2, 3) mask against the (2, 3, 2) values). A ones kernel gives
+    # both outputs the step's feature sum; the second target is 1.
+    x = np.array([[[1, 1], [0, 0], [2, 0]], [[0, 0], [0, 0], [3, 0]]], "float32")
+    model = keras.Sequential(
+        [
+            keras.Input((3, 2)),
+            keras.layers.Masking(0.0),
+            keras.layers.Dense(2, kernel_initializer="ones", use_bias=False),
+        ]
+    )
+    y_pred = model(x)
+    y_true = np.zeros((2, 3, 2), "float32")
+    y_true[..., 1] = 1.0
+    loss = SmoothL1Loss(1.0, axis=None)
+    # valid steps: y_pred 2, 2 (sequence 1) and 3 (sequence 2); beta 1:
+    # first output 1.5, 1.5, 2.5; second 0.5, 0.5, 1.5; mean of the six: 8 / 6.
+    np.testing.assert_allclose(to_numpy(loss(y_true, y_pred)), 8 / 6, rtol=1e-6)
+    # weights 1 and 3: sequence 1 sums 4, sequence 2 sums 4; Keras divides the
+    # weighted sum by the valid entries: (4 + 3 * 4) / 6.
+    weighted = loss(y_true, y_pred, sample_weight=np.array([1.0, 3.0], "float32"))
+    np.testing.assert_allclose(to_numpy(weighted), 16 / 6, rtol=1e-6)
+    # The caller's tensor keeps its own mask.
+    from keras.src.backend import get_keras_mask
+
+    assert tuple(get_keras_mask(y_pred).shape) == (2, 3)
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_loss_is_float32_and_matches(policy):
     keras.config.set_dtype_policy(policy)
@@ -295,3 +324,51 @@ def test_backward_keeps_only_the_two_inputs():
         assert len(large) <= 2
     else:
         pytest.skip("TensorFlow does not expose what its tape keeps")
+
+
+# ---------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize("path", ["number", "tensor"])
+def test_gradient_keeps_its_precision_far_below_beta(path):
+    # clip(d / beta, -1, 1) = d / 3 for |d| < beta = 3 (the definition). The form
+    # 0.5 c**2 / beta + |d| - |c| differentiates to 1 + (d / beta - 1), which
+    # float32 rounds to 0 for d = 1e-7 (found by testing; 100 % relative error).
+    d = np.array([1e-7, -1e-7, 1e-4, 2.0, -5.0], dtype="float32")
+    beta = 3.0 if path == "number" else keras.ops.convert_to_tensor(np.float32(3.0))
+    _, grad = value_and_grad(lambda x: penalties.smooth_l1(x, beta), d)
+    expected = np.clip(d.astype("float64") / 3.0, -1.0, 1.0)
+    np.testing.assert_allclose(np.asarray(grad, "float64"), expected, rtol=1e-6)
+    _, plain_grad = value_and_grad(lambda x: penalties._clip_and_split(x, 3.0), d)
+    np.testing.assert_allclose(np.asarray(plain_grad, "float64"), expected, rtol=1e-6)
+
+
+def test_tensor_beta_of_zero_is_plain_l1():
+    # beta = 0 is |d| with gradient sign(d) (0 at d = 0, as PyTorch), also when
+    # beta arrives as a backend tensor (a running estimate may reach 0).
+    d = np.array([-2.0, 0.0, 0.5], dtype="float32")
+    zero = keras.ops.convert_to_tensor(np.float32(0.0))
+    value, grad = value_and_grad(lambda x: penalties.smooth_l1(x, zero), d)
+    np.testing.assert_array_equal(value, np.abs(d))
+    np.testing.assert_array_equal(grad, np.sign(d))
+    per_coordinate = keras.ops.convert_to_tensor(np.array([0.0, 1.0, 1.0], "float32"))
+    value, _ = value_and_grad(lambda x: penalties.smooth_l1(x, per_coordinate), d)
+    # 2.0 under beta 0; 0 under beta 1; 0.5 * 0.5**2 / 1 = 0.125.
+    np.testing.assert_allclose(value, [2.0, 0.0, 0.125], rtol=1e-7)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.hessian of the custom JVP")
+@pytest.mark.parametrize("beta", [0.5, 1.0, (0.5, 1.0, 2.0, 0.25)])
+def test_second_derivative_through_the_custom_jvp(beta):
+    import jax
+    import jax.numpy as jnp
+
+    # The penalty's second derivative is 1 / beta where |d| < beta (d = 0 too) and 0
+    # beyond; the plain formula, differentiated twice by JAX, agrees.
+    d = jnp.array([0.0, 0.2, -3.0, 0.1], dtype="float32")
+    betas = np.broadcast_to(np.asarray(beta, "float64"), d.shape)
+    expected = np.where(np.abs(np.asarray(d)) < betas, 1.0 / betas, 0.0)
+    fast = jax.hessian(lambda x: penalties.smooth_l1(x, beta).sum())(d)
+    plain = jax.hessian(lambda x: penalties._clip_and_split(x, beta).sum())(d)
+    np.testing.assert_allclose(np.diag(np.asarray(fast)), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.diag(np.asarray(plain)), expected, rtol=1e-6)

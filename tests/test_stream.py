@@ -171,7 +171,7 @@ def test_missing_values_are_refused_with_the_in_memory_message(tmp_path):
     "targets, message",
     [
         (["nope"], "target column 'nope' is not in the table"),
-        (["cut"], "target column 'cut' is not numeric (e.g. 'Ideal')"),
+        (["cut"], "target column 'cut' is not numeric ('Ideal' at data row 1 "),
     ],
 )
 def test_target_errors_match_the_in_memory_path(tmp_path, targets, message):

@@ -572,6 +572,42 @@ def _replica_sum(count: Any) -> Any:
     return context.all_reduce(tf.distribute.ReduceOp.SUM, count)
 
 
+def _check_round_trip(loss: keras.losses.Loss) -> None:
+    """Refuses a loss object whose saved config does not bring back the same loss,
+    since a model saved with it would reload and train with another one: in Keras
+    3.15, for one, ``keras.losses.Huber(2.0).get_config()`` leaves out ``delta``.
+    Compared on a few residuals across every usual threshold."""
+    y_true = np.zeros((1, 8, 1), "float32")
+    y_pred = np.array([-30, -4, -1.5, -0.3, 0.05, 0.7, 2.5, 12], "float32")
+    y_true, y_pred = (
+        ops.convert_to_tensor(y_true),
+        ops.convert_to_tensor(y_pred.reshape(1, 8, 1)),
+    )
+    try:
+        again = keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(loss)
+        )
+        same = np.allclose(
+            ops.convert_to_numpy(loss.call(y_true, y_pred)),
+            ops.convert_to_numpy(again.call(y_true, y_pred)),
+            rtol=1e-6,
+        )
+    except Exception as error:  # noqa: BLE001 (any failure means: cannot be saved)
+        raise ValueError(
+            f"Invalid value for argument `loss`: {type(loss).__name__} cannot be "
+            f"saved and reloaded ({error}); pass a spec string such as "
+            "loss='huber:delta=2' instead"
+        ) from error
+    if not same:
+        raise ValueError(
+            f"Invalid value for argument `loss`: {type(loss).__name__}'s saved config "
+            "reloads as a different loss (this Keras version leaves a parameter out "
+            "of get_config), so a saved model would train with another loss; pass a "
+            "spec string instead, such as loss='huber:delta=2' for "
+            "keras.losses.Huber(2.0)"
+        )
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BoxRegressionLoss(keras.losses.Loss):
     """Box regression loss on positive anchors, normalized by their number.
@@ -663,6 +699,8 @@ class BoxRegressionLoss(keras.losses.Loss):
             )
         self.loss = loss
         self.penalty_loss = self._resolve(loss, self.beta)
+        if isinstance(loss, keras.losses.Loss):
+            _check_round_trip(loss)
         if normalize not in _NORMALIZE:
             raise ValueError(
                 "Invalid value for argument `normalize`: expected one of "

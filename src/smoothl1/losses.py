@@ -244,7 +244,29 @@ def _weights_per_element(y_true: Any, y_pred: Any, sample_weight: Any) -> Any:
     weights = ops.convert_to_tensor(sample_weight)
     while 0 < len(weights.shape) < len(y_pred.shape):
         weights = ops.expand_dims(weights, -1)
-    return ops.broadcast_to(weights, ops.shape(y_pred))
+    # A copy, not a broadcast view: Keras scales the weights in place on PyTorch.
+    return ops.copy(ops.broadcast_to(weights, ops.shape(y_pred)))
+
+
+def _mask_per_element(y_pred: Any) -> Any:
+    """With ``axis=None``, a Keras mask of ``y_pred`` with fewer axes (one entry per
+    time step, say, from a ``Masking`` layer) spread over each sample's elements,
+    as ``_weights_per_element`` does for weights, on a copy of ``y_pred`` (the
+    caller's tensor keeps its mask). Without such a mask, ``y_pred`` itself."""
+    try:
+        from keras.src.backend import get_keras_mask, set_keras_mask
+    except ImportError:  # a Keras that moved them: leave the mask to Keras
+        return y_pred
+    mask = get_keras_mask(y_pred)
+    if mask is None or len(mask.shape) >= len(y_pred.shape):
+        return y_pred
+    while len(mask.shape) < len(y_pred.shape):
+        mask = ops.expand_dims(mask, -1)
+    # A copy, not a broadcast view: Keras scales the mask in place on PyTorch.
+    spread = ops.copy(ops.broadcast_to(mask, ops.shape(y_pred)))
+    y_pred = ops.copy(y_pred)
+    set_keras_mask(y_pred, spread)
+    return y_pred
 
 
 class PenaltyLoss(keras.losses.Loss):
@@ -294,8 +316,10 @@ class PenaltyLoss(keras.losses.Loss):
         return "float32" if dtype in _HALF else dtype
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        if sample_weight is not None and self.axis is None:
-            sample_weight = _weights_per_element(y_true, y_pred, sample_weight)
+        if self.axis is None:
+            y_pred = _mask_per_element(y_pred)
+            if sample_weight is not None:
+                sample_weight = _weights_per_element(y_true, y_pred, sample_weight)
         reduced = self.reduction not in (None, "none")
         context, replicas = _tf_replicas() if reduced else (None, 1)
         if context is not None and replicas > 1:

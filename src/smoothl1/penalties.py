@@ -167,11 +167,14 @@ def smooth_l1(residual: Any, beta: Beta = 1.0) -> Any:
     to ``|d|``; for ``beta`` much larger than every ``|d|`` it is ``d**2 / (2 beta)``.
 
     It is computed branch-free: with ``c = clip(d, -beta, beta)`` the penalty is
-    ``0.5 * c * (c / beta) + (|d| - |c|)``. No branch that is not taken is ever
-    evaluated, so no ``inf``/``nan`` can leak into a value or a gradient, and the
-    square is of ``c`` (bounded by ``beta``) divided by ``beta``, so float16 cannot
-    overflow for any finite ``d``. ``beta = 0`` takes an exact L1 path whose gradient
-    is ``sign(d)`` (``0`` at ``d = 0``, as PyTorch).
+    ``(c / beta) * (d - c / 2)``. No branch that is not taken is ever evaluated, so
+    no ``inf``/``nan`` can leak into a value or a gradient; ``c / beta`` lies in
+    [-1, 1], so nothing overflows for any finite ``d``; and its derivative is a sum
+    of two halves of ``c / beta``, so the gradient keeps its precision for ``|d|``
+    far below ``beta`` (the form ``0.5 c**2 / beta + |d| - |c|`` differentiates to
+    ``1 + (c / beta - 1)``, which float32 rounds to 0 for ``|d| < 6e-8 beta``).
+    ``beta = 0`` takes an exact L1 path whose gradient is ``sign(d)`` (``0`` at
+    ``d = 0``, as PyTorch).
 
     Fast path: for a number or a sequence ``beta`` (checked), the same values and
     gradients come from a fused evaluation instead of differentiating the formula
@@ -318,9 +321,9 @@ def _thresholds(beta: float | tuple[float, ...], dtype: Any) -> tuple[Any, Any]:
 
 
 def _smooth_l1_value(d: Any, upper: Any, divisor: Any) -> Any:
-    # min(|d|, beta) is |clip(d, -beta, beta)|, and 0.5 * m * (m / beta) equals
-    # 0.5 * c * (c / beta) bit for bit, so these are _clip_and_split's values. (min
-    # and abs also fuse into XLA's CPU reductions, where clip does not.)
+    # With m = min(|d|, beta) = |clip(d, -beta, beta)|: inside, 0.5 * m * (m / beta)
+    # is _clip_and_split's (d / beta) * (d / 2) bit for bit; outside, the two differ
+    # by rounding only. (min and abs fuse into XLA's CPU reductions; clip does not.)
     a = ops.abs(d)
     m = ops.minimum(a, upper)
     return 0.5 * m * (m / divisor) + (a - m)
@@ -329,13 +332,13 @@ def _smooth_l1_value(d: Any, upper: Any, divisor: Any) -> Any:
 def _smooth_l1_slope(
     d: Any, upper: Any, divisor: Any, beta: float | tuple[float, ...]
 ) -> Any:
-    # clip(d / beta, -1, 1), written as sign(d) * (min(|d|, beta) / beta): the same
-    # number, since division is symmetric in sign, and with no constant that XLA
-    # could share with the forward pass. Where beta = 0 the slope is sign(d).
+    # clip(d / beta, -1, 1), whose own derivative (1 / beta inside, 0 outside) is
+    # the second derivative of the penalty, so Hessians through the custom JVP
+    # are right at d = 0 too. Where beta = 0 the slope is sign(d).
     betas = beta if isinstance(beta, tuple) else (beta,)
     if max(betas) == 0.0:
         return ops.sign(d)
-    ratio = ops.sign(d) * (ops.minimum(ops.abs(d), upper) / divisor)
+    ratio = ops.clip(d / divisor, -1.0, 1.0)
     return ratio if min(betas) > 0.0 else ops.where(upper > 0, ratio, ops.sign(d))
 
 
@@ -377,28 +380,29 @@ def _jax_custom_jvp(y_pred: Any, y_true: Any, beta: float | tuple[float, ...]) -
 def _clip_and_split(d: Any, beta: Any) -> Any:
     """The defining formula of :func:`smooth_l1`, differentiated automatically.
 
-    Used for a backend tensor ``beta``, and by the tests as the reference that
-    the fast path must match.
+    With ``c = clip(d, -beta, beta)`` the penalty is ``(c / beta) * (d - c / 2)``:
+    ``d**2 / (2 beta)`` where ``c = d``, and ``|d| - beta / 2`` where ``c = +-beta``.
+    Automatic differentiation of this form gives ``(c / beta) / 2 + (c / beta) / 2``
+    inside and ``c / beta`` outside, with no sum of large terms that cancel, so the
+    gradient keeps its precision when ``|d|`` is much smaller than ``beta``. The
+    factor ``c / beta`` is within [-1, 1], so nothing overflows for finite ``d``.
+
+    Used for a backend tensor ``beta`` (which may hold zeros: there, ``|d|``), and
+    by the tests as the reference that the fast path must match.
     """
-    if isinstance(beta, tuple):
-        return _smooth_l1_per_coordinate(d, beta)
-    if _is_real_number(beta) and beta == 0.0:
-        return _l1(d)
-    c = ops.clip(d, -beta, beta)
-    return 0.5 * c * (c / beta) + (ops.abs(d) - ops.abs(c))
-
-
-def _smooth_l1_per_coordinate(d: Any, beta: tuple[float, ...]) -> Any:
-    # A zero entry makes c = 0 there, so dividing by 1 instead of 0 leaves |d|.
-    upper = ops.convert_to_tensor(np.asarray(beta), dtype=d.dtype)
-    divisor = ops.convert_to_tensor(
-        np.asarray([b if b > 0 else 1.0 for b in beta]), dtype=d.dtype
+    if _is_real_number(beta):
+        if beta == 0.0:
+            return _l1(d)
+        c = ops.clip(d, -beta, beta)
+        return (c / beta) * (d - 0.5 * c)
+    upper = ops.convert_to_tensor(
+        np.asarray(beta) if isinstance(beta, tuple) else beta, dtype=d.dtype
     )
+    positive = upper > 0
+    divisor = ops.where(positive, upper, ops.ones_like(upper))
     c = ops.minimum(ops.maximum(d, -upper), upper)
-    # |x| as sign(x) * x: its gradient is 0 at 0 on every backend, where JAX gives
-    # ops.abs a gradient of 1 and splits min/max ties, which left a wrong gradient
-    # at d = 0 for a zero entry.
-    return 0.5 * c * (c / divisor) + (_l1(d) - _l1(c))
+    # Where beta = 0, c = 0 and the first form is 0: take |d| there.
+    return ops.where(positive, (c / divisor) * (d - 0.5 * c), _l1(d))
 
 
 def _l1(d: Any) -> Any:
@@ -770,14 +774,17 @@ def general_robust(residual: Any, alpha: float = 1.0, scale: float = 1.0) -> Any
         return 0.5 * u * u
     if alpha == 0.0:
         return _log1p_square(d, scale * math.sqrt(2.0))
+    # Both infinite shapes clip d / scale, not d: the derivative of the clipped
+    # expression is then finite at the clip (exp(80) * sqrt(160) = 7e35), so the
+    # clip's zero gradient beyond it cannot meet an inf (inf * 0 is nan).
     if alpha == -math.inf:
         # exp(-z / 2) is 0 in every float long before |d| / scale reaches 1e8.
-        t = _LOG1P_SQUARE_SWITCH * scale
-        u = ops.clip(d, -t, t) / scale
+        t = _LOG1P_SQUARE_SWITCH
+        u = ops.clip(d / scale, -t, t)
         return -ops.expm1(-0.5 * u * u)
     if alpha == math.inf:
-        t = math.sqrt(2.0 * _POSINF_EXPONENT_CAP) * scale
-        u = ops.clip(d, -t, t) / scale
+        t = math.sqrt(2.0 * _POSINF_EXPONENT_CAP)
+        u = ops.clip(d / scale, -t, t)
         return ops.expm1(0.5 * u * u)
     b = abs(alpha - 2.0)
     log_term = _log1p_square(d, scale * math.sqrt(b))

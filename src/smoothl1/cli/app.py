@@ -44,16 +44,34 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+# Options shared by fit, compare and suggest-beta: one help text each.
+DataArgument = Annotated[
+    Optional[str],  # noqa: UP045 (typer reads the annotation)
+    typer.Argument(help="CSV, TSV or Parquet file, or a built-in data set name."),
+]
+TargetOption = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--target", "-t", help="Target column (repeat for several)."),
+]
+HiddenOption = Annotated[str, typer.Option(help="Hidden layer sizes, relu.")]
+LearningRateOption = Annotated[float, typer.Option(help="Adam learning rate.")]
+BatchSizeOption = Annotated[int, typer.Option(help="Batch size.")]
+TestSplitOption = Annotated[float, typer.Option(help="Held-out test fraction.")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the split and the weights.")]
+DropMissingOption = Annotated[
+    bool, typer.Option(help="Drop rows with missing values instead of refusing.")
+]
+MaxLevelsOption = Annotated[
+    int, typer.Option(help="Most levels a categorical feature may have.")
+]
+OverwriteOption = Annotated[bool, typer.Option(help="Replace --out if it exists.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")]
+
+
 @app.command()
 def fit(
-    data: Annotated[
-        Optional[str],  # noqa: UP045 (typer reads the annotation)
-        typer.Argument(help="CSV, TSV or Parquet file, or a built-in data set name."),
-    ] = None,
-    target: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option("--target", "-t", help="Target column (repeat for several)."),
-    ] = None,
+    data: DataArgument = None,
+    target: TargetOption = None,
     loss: Annotated[
         str, typer.Option("--loss", "-l", help="Loss spec, e.g. smooth_l1, huber, mse.")
     ] = "smooth_l1",
@@ -67,21 +85,17 @@ def fit(
     delta: Annotated[
         float, typer.Option(help="Huber threshold (standardized units).")
     ] = 1.0,
-    hidden: Annotated[str, typer.Option(help="Hidden layer sizes, relu.")] = "64,64",
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    hidden: HiddenOption = "64,64",
+    learning_rate: LearningRateOption = 1e-3,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    batch_size: BatchSizeOption = 32,
     validation_split: Annotated[
         float, typer.Option(help="Fraction for validation.")
     ] = 0.2,
-    test_split: Annotated[float, typer.Option(help="Held-out test fraction.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the split and the weights.")] = 0,
-    drop_missing: Annotated[
-        bool, typer.Option(help="Drop rows with missing values instead of refusing.")
-    ] = False,
-    max_levels: Annotated[
-        int, typer.Option(help="Most levels a categorical feature may have.")
-    ] = 50,
+    test_split: TestSplitOption = 0.2,
+    seed: SeedOption = 0,
+    drop_missing: DropMissingOption = False,
+    max_levels: MaxLevelsOption = 50,
     devices: Annotated[
         int,
         typer.Option(
@@ -101,10 +115,8 @@ def fit(
             "--out", "-o", help="Run directory (default runs/<data>-<loss>-<time>)."
         ),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace --out if it exists.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print metrics.json to stdout.")
     ] = False,
@@ -167,9 +179,7 @@ def predict(
         Optional[Path],  # noqa: UP045
         typer.Option("--out", "-o", help="CSV to write (default: stdout)."),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace --out if it exists.")
-    ] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Predict new rows with a saved run (writes CSV with one <target>_pred column
     per target)."""
@@ -223,14 +233,8 @@ def datasets(
 
 @app.command()
 def compare(
-    data: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Argument(help="CSV, TSV or Parquet file, or a built-in data set name."),
-    ] = None,
-    target: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option("--target", "-t", help="Target column (repeat for several)."),
-    ] = None,
+    data: DataArgument = None,
+    target: TargetOption = None,
     losses: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -243,20 +247,16 @@ def compare(
     ] = "0,0.1,0.2,0.3",
     seeds: Annotated[int, typer.Option(help="Number of seeds.")] = 5,
     seed: Annotated[int, typer.Option(help="First seed.")] = 0,
-    hidden: Annotated[str, typer.Option(help="Hidden layer sizes, relu.")] = "64,64",
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    hidden: HiddenOption = "64,64",
+    learning_rate: LearningRateOption = 1e-3,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    batch_size: BatchSizeOption = 32,
     validation_split: Annotated[
         float, typer.Option(help="Fraction for validation.")
     ] = 0.2,
-    test_split: Annotated[float, typer.Option(help="Held-out test fraction.")] = 0.2,
-    drop_missing: Annotated[
-        bool, typer.Option(help="Drop rows with missing values instead of refusing.")
-    ] = False,
-    max_levels: Annotated[
-        int, typer.Option(help="Most levels a categorical feature may have.")
-    ] = 50,
+    test_split: TestSplitOption = 0.2,
+    drop_missing: DropMissingOption = False,
+    max_levels: MaxLevelsOption = 50,
     baselines: Annotated[
         bool, typer.Option(help="Add scikit-learn LinearRegression and HuberRegressor.")
     ] = True,
@@ -268,10 +268,8 @@ def compare(
         Optional[Path],  # noqa: UP045
         typer.Option("--out", "-o", help="Run directory (default runs/compare-...)."),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace --out if it exists.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Compare losses against fractions of corrupted training labels, over seeds,
     on clean test data; writes results.csv, results.json, report.md, compare.png."""
@@ -331,9 +329,7 @@ def plot(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
     low: Annotated[float, typer.Option("--min", help="Smallest residual.")] = -3.0,
     high: Annotated[float, typer.Option("--max", help="Largest residual.")] = 3.0,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace --out if it exists.")
-    ] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Draw penalties and their derivatives side by side, e.g.
     smoothl1 plot --loss smooth_l1:beta=0.5 --loss huber --out shapes.png"""

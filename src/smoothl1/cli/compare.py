@@ -60,25 +60,15 @@ BASELINES = ["sklearn:LinearRegression", "sklearn:HuberRegressor"]
 
 
 @dataclass
-class CompareOptions:
-    data: str | None = None
-    targets: list[str] = field(default_factory=list)
+class CompareOptions(data_mod.TableOptions):
+    """The options of ``smoothl1 compare``, with its defaults (``seed`` is the
+    first of ``seeds`` consecutive seeds)."""
+
     losses: list[str] = field(default_factory=lambda: list(DEFAULT_LOSSES))
     outliers: list[float] = field(default_factory=lambda: list(DEFAULT_OUTLIERS))
     seeds: int = 5
-    seed: int = 0
-    hidden: list[int] = field(default_factory=lambda: [64, 64])
-    learning_rate: float = 1e-3
-    epochs: int = 50
-    batch_size: int = 32
-    validation_split: float = 0.2
-    test_split: float = 0.2
-    drop_missing: bool = False
-    max_levels: int = 50
     baselines: bool = True
     strategy: str = "batched"
-    out: str | None = None
-    overwrite: bool = False
     progress: Callable[[int, int], None] | None = None
 
 

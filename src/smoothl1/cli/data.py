@@ -241,13 +241,7 @@ def check_columns(
         if not pd.api.types.is_numeric_dtype(
             frame[target]
         ) or pd.api.types.is_bool_dtype(frame[target]):
-            example = frame[target].dropna().astype(str).head(1).tolist()
-            raise UserError(
-                f"target column {target!r} is not numeric (e.g. {example[0]!r}); "
-                "regression needs a numeric target"
-                if example
-                else f"target column {target!r} has no values"
-            )
+            raise non_numeric_target(target, frame[target])
     features = [c for c in frame.columns if c not in targets]
     if not features:
         raise UserError("the table has no feature columns besides the target")
@@ -263,7 +257,7 @@ def check_columns(
         if not drop_missing:
             raise UserError(
                 f"{int(bad_rows.sum())} rows have missing or infinite values "
-                f"({by_column}; first at data row {first + 1}); fix them or pass "
+                f"({by_column}; first at {data_row(first)}); fix them or pass "
                 "--drop-missing"
             )
         keep = ~missing.any(axis=1)
@@ -295,10 +289,62 @@ class Splits:
     test: np.ndarray
 
 
-def split_indices(
-    n_rows: int, validation_split: float, test_split: float, seed: int
-) -> Splits:
-    """Seeded shuffle, then the test rows, the validation rows, and the rest."""
+def data_row(position: int) -> str:
+    """How messages name a row: counted from 1 at the first row after the header
+    (pandas position 0; file line 2 of a CSV without quoted line breaks)."""
+    return f"data row {position + 1} (the first row after the header is 1)"
+
+
+def first_non_numeric(values: pd.Series) -> tuple[int, str] | None:
+    """The position and text of the first present value of a column that does not
+    read as a number, or None."""
+    present = values.notna().to_numpy()
+    numbers = pd.to_numeric(values, errors="coerce").notna().to_numpy()
+    bad = np.flatnonzero(present & ~numbers)
+    if bad.size == 0:
+        return None
+    return int(bad[0]), str(values.iloc[int(bad[0])])
+
+
+def non_numeric_target(target: str, values: pd.Series) -> UserError:
+    """The error for a target column that is not numeric, naming the first value
+    that is not a number (``values`` may be the first chunk of a large file)."""
+    if values.notna().sum() == 0:
+        return UserError(f"target column {target!r} has no values")
+    bad = first_non_numeric(values)
+    shown = (
+        f"{bad[1]!r} at {data_row(bad[0])}"
+        if bad is not None
+        else f"values of type {values.dtype}"
+    )
+    return UserError(
+        f"target column {target!r} is not numeric ({shown}); regression needs a "
+        "numeric target"
+    )
+
+
+@dataclass
+class TableOptions:
+    """The data, split, model and output options that ``fit``, ``compare`` and
+    ``suggest-beta`` share, with their defaults."""
+
+    data: str | None = None
+    targets: list[str] = field(default_factory=list)
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    learning_rate: float = 1e-3
+    epochs: int = 50
+    batch_size: int = 32
+    validation_split: float = 0.2
+    test_split: float = 0.2
+    seed: int = 0
+    drop_missing: bool = False
+    max_levels: int = 50
+    out: str | None = None
+    overwrite: bool = False
+
+
+def check_fractions(validation_split: float, test_split: float) -> None:
+    """Both fractions in [0, 1), leaving rows for training."""
     for name, value in (
         ("--validation-split", validation_split),
         ("--test-split", test_split),
@@ -310,6 +356,13 @@ def split_indices(
             "--validation-split plus --test-split must leave rows for training; got "
             f"{validation_split} + {test_split}"
         )
+
+
+def split_indices(
+    n_rows: int, validation_split: float, test_split: float, seed: int
+) -> Splits:
+    """Seeded shuffle, then the test rows, the validation rows, and the rest."""
+    check_fractions(validation_split, test_split)
     order = np.random.default_rng(seed).permutation(n_rows)
     n_test = int(round(n_rows * test_split))
     n_validation = int(round(n_rows * validation_split))
@@ -362,8 +415,8 @@ def check_prediction_rows(frame: pd.DataFrame, prep: Preprocessing) -> None:
     missing = frame[prep.features].isna().any(axis=1).to_numpy()
     if missing.any():
         raise UserError(
-            f"{int(missing.sum())} rows have missing feature values (first at data row "
-            f"{int(np.flatnonzero(missing)[0]) + 1}); fill or drop them"
+            f"{int(missing.sum())} rows have missing feature values (first at "
+            f"{data_row(int(np.flatnonzero(missing)[0]))}); fill or drop them"
         )
     for column, levels in prep.categories.items():
         values = frame[column].astype(str)
@@ -379,6 +432,9 @@ def check_prediction_rows(frame: pd.DataFrame, prep: Preprocessing) -> None:
         if column not in prep.categories and not pd.api.types.is_numeric_dtype(
             frame[column]
         ):
+            bad = first_non_numeric(frame[column])
+            shown = "" if bad is None else f" ({bad[1]!r} at {data_row(bad[0])})"
             raise UserError(
                 f"feature column {column!r} was numeric in training but is not here"
+                f"{shown}"
             )

@@ -60,6 +60,7 @@ from smoothl1.cli.train import (
     make_loss,
     seed_everything,
     stdout_to_stderr,
+    write_artifacts,
     write_atomic,
 )
 from smoothl1.losses import SelfAdjustingSmoothL1Loss
@@ -100,20 +101,6 @@ def split_codes(
     return np.where(
         u < test_split, 2, np.where(u < test_split + validation_split, 1, 0)
     ).astype(np.int8)
-
-
-def check_fractions(validation_split: float, test_split: float) -> None:
-    for name, value in (
-        ("--validation-split", validation_split),
-        ("--test-split", test_split),
-    ):
-        if not 0 <= value < 1:
-            raise UserError(f"{name} must be in [0, 1); got {value}")
-    if validation_split + test_split >= 1:
-        raise UserError(
-            "--validation-split plus --test-split must leave rows for training; got "
-            f"{validation_split} + {test_split}"
-        )
 
 
 # ---------------------------------------------------------------- reading
@@ -342,7 +329,7 @@ def scan(options: FitOptions, chunk_rows: int = CHUNK_ROWS) -> StreamTable:
             non-numeric target, no features, missing values, too many levels and
             too few rows.
     """
-    check_fractions(options.validation_split, options.test_split)
+    data_mod.check_fractions(options.validation_split, options.test_split)
     file = TableFile.open(options.data)
     targets = list(options.targets)
     if not targets:
@@ -413,7 +400,7 @@ def scan(options: FitOptions, chunk_rows: int = CHUNK_ROWS) -> StreamTable:
         )
         raise UserError(
             f"{bad_rows} rows have missing or infinite values ({by_column}; first at "
-            f"data row {(first_bad or 0) + 1}); fix them or pass --drop-missing"
+            f"{data_mod.data_row(first_bad or 0)}); fix them or pass --drop-missing"
         )
     _check_rows(rows, options)
     prep = _preprocessing(
@@ -438,13 +425,7 @@ def scan(options: FitOptions, chunk_rows: int = CHUNK_ROWS) -> StreamTable:
 def _check_targets(frame: pd.DataFrame, targets: list[str], file: TableFile) -> None:
     for target in targets:
         if not file.numeric[target]:
-            example = frame[target].dropna().astype(str).head(1).tolist()
-            raise UserError(
-                f"target column {target!r} is not numeric (e.g. {example[0]!r}); "
-                "regression needs a numeric target"
-                if example
-                else f"target column {target!r} has no values"
-            )
+            raise data_mod.non_numeric_target(target, frame[target])
 
 
 def _check_rows(rows: dict[str, int], options: FitOptions) -> None:
@@ -826,18 +807,5 @@ def _train_and_write(
             samples[split] = errors[split].sample()
     seconds["errors"] = time.perf_counter() - errors_start
 
-    model.save(folder / "model.keras")
-    write_atomic(folder / "preprocessing.json", json.dumps(prep.to_json(), indent=2))
-    history_frame = pd.DataFrame(history.history)
-    history_frame.insert(0, "epoch", np.arange(1, len(history_frame) + 1))
-    write_atomic(folder / "history.csv", history_frame.to_csv(index=False))
-
-    from smoothl1.cli import report
-
-    report.learning_curves(history_frame, folder / "learning_curves.png")
-    shown = "test" if "test" in samples else "validation"
-    if shown in samples:
-        report.residual_plots(
-            *samples[shown], beta_units, prep.targets, shown, folder / "residuals.png"
-        )
+    write_artifacts(folder, model, prep, history, samples, beta_units)
     return metrics

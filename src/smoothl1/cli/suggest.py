@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -33,8 +33,24 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import numpy as np
 import typer
 
-from smoothl1.cli.app import _hidden, app, fail, stdout
-from smoothl1.cli.data import UserError
+from smoothl1.cli.app import (
+    BatchSizeOption,
+    DataArgument,
+    DropMissingOption,
+    HiddenOption,
+    LearningRateOption,
+    MaxLevelsOption,
+    OverwriteOption,
+    QuietOption,
+    SeedOption,
+    TargetOption,
+    TestSplitOption,
+    _hidden,
+    app,
+    fail,
+    stdout,
+)
+from smoothl1.cli.data import TableOptions, UserError
 
 if TYPE_CHECKING:
     from smoothl1.cli.train import FitOptions, PreparedTable
@@ -120,44 +136,21 @@ class Suggestion:
 
 
 @dataclass
-class SuggestOptions:
+class SuggestOptions(TableOptions):
     """The options of ``smoothl1 suggest-beta``, with its defaults (the data,
     split and model options mean what they mean for ``fit``)."""
 
-    data: str | None = None
-    targets: list[str] = field(default_factory=list)
-    baseline: str = "mse"
     epochs: int = DEFAULT_EPOCHS
-    hidden: list[int] = field(default_factory=lambda: [64, 64])
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    validation_split: float = 0.2
-    test_split: float = 0.2
-    seed: int = 0
-    drop_missing: bool = False
-    max_levels: int = 50
-    out: str | None = None
-    overwrite: bool = False
+    baseline: str = "mse"
     verbose: bool = True
 
     def fit_options(self) -> FitOptions:
         from smoothl1.cli.train import FitOptions
 
+        shared = {f.name: getattr(self, f.name) for f in fields(TableOptions)}
         return FitOptions(
-            data=self.data,
-            targets=list(self.targets),
+            **{**shared, "targets": list(self.targets), "hidden": list(self.hidden)},
             loss=self.baseline,
-            hidden=list(self.hidden),
-            learning_rate=self.learning_rate,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            validation_split=self.validation_split,
-            test_split=self.test_split,
-            seed=self.seed,
-            drop_missing=self.drop_missing,
-            max_levels=self.max_levels,
-            out=self.out,
-            overwrite=self.overwrite,
             verbose=self.verbose,
         )
 
@@ -322,40 +315,28 @@ def parse_beta(text: str) -> float | str:
 
 @app.command("suggest-beta")
 def suggest_beta_command(
-    data: Annotated[
-        Optional[str],  # noqa: UP045 (typer reads the annotation)
-        typer.Argument(help="CSV, TSV or Parquet file, or a built-in data set name."),
-    ] = None,
-    target: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option("--target", "-t", help="Target column (repeat for several)."),
-    ] = None,
+    data: DataArgument = None,
+    target: TargetOption = None,
     baseline: Annotated[str, typer.Option(help="Baseline loss: mse or mae.")] = "mse",
     epochs: Annotated[int, typer.Option(help="Baseline epochs.")] = DEFAULT_EPOCHS,
-    hidden: Annotated[str, typer.Option(help="Hidden layer sizes, relu.")] = "64,64",
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    hidden: HiddenOption = "64,64",
+    learning_rate: LearningRateOption = 1e-3,
+    batch_size: BatchSizeOption = 32,
     validation_split: Annotated[
         float, typer.Option(help="Fraction for validation (the residuals).")
     ] = 0.2,
-    test_split: Annotated[float, typer.Option(help="Held-out test fraction.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the split and the weights.")] = 0,
-    drop_missing: Annotated[
-        bool, typer.Option(help="Drop rows with missing values instead of refusing.")
-    ] = False,
-    max_levels: Annotated[
-        int, typer.Option(help="Most levels a categorical feature may have.")
-    ] = 50,
+    test_split: TestSplitOption = 0.2,
+    seed: SeedOption = 0,
+    drop_missing: DropMissingOption = False,
+    max_levels: MaxLevelsOption = 50,
     out: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--out", "-o", help="Output directory (default runs/suggest-<data>-<time>)."
         ),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace --out if it exists.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print suggestion.json to stdout.")
     ] = False,

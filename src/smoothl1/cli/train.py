@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +30,12 @@ from smoothl1.losses import SelfAdjustingSmoothL1Loss
 
 
 @dataclass
-class FitOptions:
+class FitOptions(data_mod.TableOptions):
     """The options of ``smoothl1 fit``, with its defaults."""
 
-    data: str | None = None
-    targets: list[str] = field(default_factory=list)
     loss: str = "smooth_l1"
     beta: float | str = 1.0  # a number, or "auto": the suggest-beta proposal
     delta: float = 1.0
-    hidden: list[int] = field(default_factory=lambda: [64, 64])
-    learning_rate: float = 1e-3
-    epochs: int = 50
-    batch_size: int = 32
-    validation_split: float = 0.2
-    test_split: float = 0.2
-    seed: int = 0
-    drop_missing: bool = False
-    max_levels: int = 50
-    out: str | None = None
-    overwrite: bool = False
     verbose: bool = True
     devices: int = 1  # data parallel over this many local devices (cli/devices.py)
     stream: bool = False  # read the file in chunks (cli/stream.py)
@@ -60,6 +47,32 @@ class FitOptions:
 def loss_spec(loss: str, beta: float | Sequence[float], delta: float) -> str:
     name, colon, params = loss.strip().partition(":")
     return _loss_spec(name.strip().lower() + colon + params, beta, delta)
+
+
+def check_loss_options(loss: str, beta: float | str, delta: float) -> None:
+    """``--beta`` serves a plain ``--loss smooth_l1`` only, ``--delta`` a plain
+    ``--loss huber``: refuse them beside any other loss, or beside a spec that
+    carries its own parameters, rather than train something else than asked.
+    (A value equal to the default, 1, cannot be told from an absent option.)"""
+    name, colon, _ = loss.strip().partition(":")
+    name = name.strip().lower()
+    for option, value, owner in (
+        ("--beta", beta, "smooth_l1"),
+        ("--delta", delta, "huber"),
+    ):
+        if value == 1.0:
+            continue
+        if name != owner:
+            raise UserError(
+                f"{option} {value} applies to --loss {owner} only, not to --loss "
+                f"{loss}; give that loss's parameters in its spec (see smoothl1 "
+                "losses)"
+            )
+        if colon:
+            raise UserError(
+                f"{option} {value} and the parameters in --loss {loss} disagree; "
+                f"give the value once, in the spec or with {option}"
+            )
 
 
 def _loss_spec(loss: str, beta: float | Sequence[float], delta: float) -> str:
@@ -209,55 +222,117 @@ def _replaceable(path: Path) -> bool:
 
 class RunDirectory:
     """A run directory that is built aside and moved into place at the end, so an
-    existing directory is never replaced unless asked, and never half-replaced."""
+    existing directory is never replaced unless asked, and never half-replaced.
+
+    Without ``--overwrite`` the name is reserved at once by creating it (empty):
+    ``mkdir`` fails for a name that exists, so two runs started together, with one
+    ``--out`` or with default names made in the same second, never take the same
+    directory; the finished run then replaces only its own empty reservation.
+    """
 
     def __init__(self, out: str | None, default_name: str, overwrite: bool) -> None:
-        if out is None:
-            base = Path("runs") / default_name
-            path, n = base, 1
-            while path.exists():
-                n += 1
-                path = base.with_name(f"{base.name}-{n}")
-        else:
-            path = Path(out)
-            if path.exists() and not overwrite:
-                raise UserError(
-                    f"run directory {str(path)!r} already exists; choose another --out "
-                    "or pass --overwrite to replace it"
-                )
-            if path.exists() and not path.is_dir():
-                raise UserError(f"--out {str(path)!r} exists and is not a directory")
-            if path.exists() and not _replaceable(path):
-                raise UserError(
-                    f"--out {str(path)!r} is not an earlier smoothl1 run directory, "
-                    "so --overwrite will not replace it; choose another --out"
-                )
-        self.path = Path(os.path.abspath(path))
+        self.replaces = False  # an earlier run, which --overwrite allowed to go
+        self.kept = False  # the finished run could not be moved into place
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if out is None:
+                path = self._reserve_default(Path("runs") / default_name)
+            else:
+                path = Path(out)
+                self.replaces = self._check_out(path, overwrite)
+                if not self.replaces:
+                    self._reserve(path)
+            self.path = Path(os.path.abspath(path))
             self.staging = Path(
                 tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.")
             )
             os.chmod(self.staging, 0o777 & ~_umask())
         except OSError as error:
+            target = default_name if out is None else out
             raise UserError(
-                f"cannot create the run directory {str(path)!r}: {error.strerror}"
+                f"cannot create the run directory {str(target)!r}: {error.strerror}"
             ) from error
 
+    @staticmethod
+    def _check_out(path: Path, overwrite: bool) -> bool:
+        """Whether ``--out`` names an earlier run that ``--overwrite`` replaces."""
+        if not path.exists():
+            return False
+        if not path.is_dir():
+            raise UserError(
+                f"--out {str(path)!r} exists and is not a directory; choose another "
+                "--out"
+            )
+        if not overwrite:
+            raise UserError(
+                f"run directory {str(path)!r} already exists; choose another --out "
+                "or pass --overwrite to replace it"
+            )
+        if not _replaceable(path):
+            raise UserError(
+                f"--out {str(path)!r} is not an earlier smoothl1 run directory, "
+                "so --overwrite will not replace it; choose another --out"
+            )
+        return True
+
+    @staticmethod
+    def _reserve(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+        except FileExistsError as error:
+            raise UserError(
+                f"run directory {str(path)!r} already exists (another run took it); "
+                "choose another --out"
+            ) from error
+
+    @staticmethod
+    def _reserve_default(base: Path) -> Path:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        path, n = base, 1
+        while True:
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
+
     def commit(self) -> Path:
-        """Moves the finished run into place (replacing an earlier run only when
-        --overwrite allowed it in ``__init__``)."""
-        if self.path.exists():
+        """Moves the finished run into place: onto its own empty reservation, or
+        over the earlier run that --overwrite allowed to be replaced."""
+        if self.replaces and self.path.exists():
+            if not _replaceable(self.path):
+                self.kept = True
+                raise UserError(
+                    f"--out {str(self.path)!r} changed during the run and is no "
+                    "longer an earlier smoothl1 run; this run is kept in "
+                    f"{str(self.staging)!r}"
+                )
             old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
             os.replace(self.path, old)
             os.replace(self.staging, self.path)
             shutil.rmtree(old, ignore_errors=True)
-        else:
+            return self.path
+        try:
+            # rename(2) replaces an empty directory (the reservation) and fails
+            # for one that is not empty: nothing a user put there is lost.
             os.replace(self.staging, self.path)
+        except OSError as error:
+            self.kept = True
+            raise UserError(
+                f"run directory {str(self.path)!r} was filled by something else "
+                f"during the run; this run is kept in {str(self.staging)!r}"
+            ) from error
         return self.path
 
     def discard(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        """Removes what a failed run left: its staging folder (unless ``commit``
+        kept it for the user) and its empty reservation."""
+        if not self.kept:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        if not self.replaces:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # the empty reservation only; never a full one
 
 
 # ---------------------------------------------------------------- the job
@@ -285,6 +360,7 @@ def fit_table(options: FitOptions) -> FitResult:
     """Loads the table, trains the classic model, writes the run directory."""
     start = time.perf_counter()
     check_model_options(options)
+    check_loss_options(options.loss, options.beta, options.delta)
     if options.stream:
         from smoothl1.cli import stream
 
@@ -297,7 +373,7 @@ def fit_table(options: FitOptions) -> FitResult:
     table = prepare_table(options)
     make_loss(spec, len(table.targets))  # one value per target where it takes one
     suggestion = None
-    if auto_beta and options.loss == "smooth_l1":
+    if auto_beta:  # check_loss_options: a plain --loss smooth_l1
         from smoothl1.cli import suggest
 
         suggestion = suggest.suggest_for_fit(options, table)
@@ -376,7 +452,8 @@ def check_model_options(options: Any) -> None:
     ]
     for name, value, ok in checks:
         if not ok:
-            raise UserError(f"{name} must be positive (--seed: >= 0); got {value}")
+            rule = "in [0, 2**32)" if name == "--seed" else "positive"
+            raise UserError(f"{name} must be {rule}; got {value}")
 
 
 def _train_and_write(
@@ -442,6 +519,22 @@ def _train_and_write(
         predictions[name] = (y_true, y_pred)
         metrics[name] = regression_metrics(y_true, y_pred, beta_units)
 
+    write_artifacts(folder, model, prep, history, predictions, beta_units)
+    return metrics
+
+
+def write_artifacts(
+    folder: Path,
+    model: keras.Model,
+    prep: data_mod.Preprocessing,
+    history: keras.callbacks.History,
+    residuals: dict[str, tuple[np.ndarray, np.ndarray]],
+    beta_units: np.ndarray | None,
+) -> None:
+    """What every fit leaves in its run directory: ``model.keras``,
+    ``preprocessing.json``, ``history.csv``, the learning curves and the residual
+    plots of the test split (the validation split when there is no test split).
+    ``residuals`` maps a split to its ``(y_true, y_pred)`` in target units."""
     model.save(folder / "model.keras")
     write_atomic(folder / "preprocessing.json", json.dumps(prep.to_json(), indent=2))
     history_frame = pd.DataFrame(history.history)
@@ -451,22 +544,14 @@ def _train_and_write(
     from smoothl1.cli import report
 
     report.learning_curves(history_frame, folder / "learning_curves.png")
-    shown = "test" if "test" in predictions else "validation"
-    if shown in predictions:
+    shown = "test" if "test" in residuals else "validation"
+    if shown in residuals:
         report.residual_plots(
-            *predictions[shown],
-            beta_units,
-            prep.targets,
-            shown,
-            folder / "residuals.png",
+            *residuals[shown], beta_units, prep.targets, shown, folder / "residuals.png"
         )
-    return metrics
 
 
 def _write_report(folder: Path, metrics: dict[str, Any], options: FitOptions) -> None:
     from smoothl1.cli import report
 
     write_atomic(folder / "report.md", report.fit_markdown(metrics, options))
-
-
-_check_model_options = check_model_options  # the name stream.py imports
