@@ -298,6 +298,22 @@ def test_compiled_training_mode_matches_the_formula():
     assert_close(to_numpy(fast[1]), to_numpy(slow[1]))
 
 
+def _n_sized_temporaries(hlo: str, n: int) -> int:
+    """Buffers of at least ``n`` float32 elements that the entry computation of an
+    HLO module computes and does not return (parameters and views excluded)."""
+    lines = hlo[hlo.index("\nENTRY") :].splitlines()[1:]
+    root = next(line for line in lines if "ROOT" in line)
+    views = ("parameter(", "bitcast(", "get-tuple-element(", "tuple(", "constant(")
+    count = 0
+    for line in lines:
+        name, _, rest = line.strip().partition(" = ")
+        if not rest.startswith("f32[") or name in root or any(v in rest for v in views):
+            continue
+        dims = [int(x) for x in rest[4 : rest.index("]")].split(",") if x]
+        count += int(np.prod(dims)) >= n
+    return count
+
+
 def test_backward_keeps_only_the_two_inputs():
     y_true, y_pred = pair((256, 4), 1.0, seed=13)
     loss = SmoothL1Loss(1.0)
@@ -322,6 +338,14 @@ def test_backward_keeps_only_the_two_inputs():
         # The inputs, flattened: a copy outside jit, a view inside it.
         large = [x for x in kept if x.size == y_pred.size]
         assert len(large) <= 2
+        # Inside jit, no N-sized buffer besides the inputs and the gradient: an
+        # earlier slope, clip(d / beta, -1, 1), made XLA broadcast a constant to N.
+        # (At a million elements, the sizes the fast path is for; XLA on CPU
+        # reduces a few thousand through a temporary whatever the formula.)
+        big = jax.ShapeDtypeStruct((2**18, 4), "float32")
+        step = jax.jit(jax.value_and_grad(lambda p, t: loss(t, p)))
+        text = step.lower(big, big).compile().as_text()
+        assert _n_sized_temporaries(text, 2**20) == 0, text
     else:
         pytest.skip("TensorFlow does not expose what its tape keeps")
 

@@ -332,13 +332,16 @@ def _smooth_l1_value(d: Any, upper: Any, divisor: Any) -> Any:
 def _smooth_l1_slope(
     d: Any, upper: Any, divisor: Any, beta: float | tuple[float, ...]
 ) -> Any:
-    # clip(d / beta, -1, 1), whose own derivative (1 / beta inside, 0 outside) is
-    # the second derivative of the penalty, so Hessians through the custom JVP
-    # are right at d = 0 too. Where beta = 0 the slope is sign(d).
+    # clip(d / beta, -1, 1), written as d / max(|d|, beta): the same numbers (d / beta
+    # inside, d / |d| = +-1 outside), a derivative that is the penalty's second
+    # derivative (1 / beta inside, d = 0 included, and 0 outside), so Hessians
+    # through the custom JVP are right; and no constant that XLA could broadcast to
+    # an N-sized array shared with the forward pass (clip's -1 and 1 are). Where
+    # beta = 0 the slope is sign(d).
     betas = beta if isinstance(beta, tuple) else (beta,)
     if max(betas) == 0.0:
         return ops.sign(d)
-    ratio = ops.clip(d / divisor, -1.0, 1.0)
+    ratio = d / ops.maximum(ops.abs(d), divisor)
     return ratio if min(betas) > 0.0 else ops.where(upper > 0, ratio, ops.sign(d))
 
 
