@@ -101,9 +101,11 @@ def test_keypoints_tiny(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = check_outputs(out, "keypoints.png", result.stdout)
     models = ["smooth_l1 beta=1", "wing", "l2", "adaptive_wing", "l2 (heatmaps)"]
-    # Two corruption levels (0 and 30%), each with every model.
-    assert [r["model"] for r in rows] == models * 2
-    assert [float(r["corrupted"]) for r in rows] == [0.0] * 5 + [0.3] * 5
+    # The tiny setting trains every model once, at one corruption level (30%).
+    assert [r["model"] for r in rows] == models
+    assert [float(r["corrupted"]) for r in rows] == [0.3] * 5
+    # One seed shows no spread: the table prints "-", not a spread of 0.
+    assert "| - |" in result.stdout and "| 0.00 |" not in result.stdout
     assert [r["head"] for r in rows[:5]] == ["coordinates"] * 3 + ["heatmaps"] * 2
     values = finite(rows, "nme_percent", "failure_percent")
     assert (values["nme_percent"] > 0).all()
