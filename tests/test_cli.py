@@ -100,10 +100,25 @@ def test_overwrite_replaces_only_when_asked(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text("{}")  # an earlier run
-    (out / "old.txt").write_text("old")
+    (out / "history.csv").write_text("old")
     result = invoke("fit", "--out", str(out), *FAST, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert not (out / "old.txt").exists() and (out / "model.keras").is_file()
+    assert (out / "history.csv").read_text() != "old"
+    assert (out / "model.keras").is_file()
+
+
+def test_overwrite_never_replaces_a_run_folder_holding_other_files(tmp_path):
+    # Found by testing: a folder holding the data and a metrics.json was replaced,
+    # and the data file with it.
+    folder = tmp_path / "work"
+    folder.mkdir()
+    data_mod.load_builtin("stackloss").to_csv(folder / "data.csv", index=False)
+    (folder / "metrics.json").write_text("{}")
+    result = invoke("fit", str(folder / "data.csv"), "-t", "STACKLOSS",
+                    "--out", str(folder), "--overwrite", *FAST)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "not an earlier smoothl1 run directory" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["data.csv", "metrics.json"]
 
 
 def test_two_runs_never_share_a_run_directory(tmp_path, monkeypatch):
@@ -447,3 +462,94 @@ def test_predict_refuses_unseen_levels(tmp_path):
     frame.to_csv(tmp_path / "new.csv", index=False)
     result = invoke("predict", str(out), str(tmp_path / "new.csv"))
     assert result.exit_code == 2 and "'Brand new'" in result.stderr
+
+
+# ------------------------------------------------- found by testing the command
+
+
+def _stackloss_run(tmp_path: Path) -> tuple[Path, str]:
+    table = data_mod.load_builtin("stackloss").to_csv(index=False)
+    csv = _csv(tmp_path, table, "s.csv")
+    run = tmp_path / "run"
+    result = invoke("fit", csv, "-t", "STACKLOSS", "--out", str(run), *FAST)
+    assert result.exit_code == 0, result.output
+    return run, csv
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda run: (run / "preprocessing.json").write_text("{bad"), "is damaged"),
+        (lambda run: _edit_prep(run, extra=1), "is damaged (expected the keys"),
+        (lambda run: _edit_prep(run, x_mean=[0.0]), "3 columns but 1 means"),
+        (lambda run: _edit_prep(run, y_std=[]), "1 targets but 1 means and 0"),
+        (lambda run: _edit_prep(run, x_std=[1.0, 0.0, 1.0]), "not a positive"),
+        (lambda run: (run / "model.keras").write_text("text"), "cannot be loaded"),
+    ],
+)
+def test_predict_on_a_damaged_run_is_one_line(tmp_path, damage, message):
+    # Found by testing: each of these was a traceback with exit 1.
+    run, csv = _stackloss_run(tmp_path)
+    damage(run)
+    result = invoke("predict", str(run), csv)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def _edit_prep(run: Path, **changes) -> None:
+    path = run / "preprocessing.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_constant_target_and_overflowing_columns_are_refused(tmp_path):
+    # Found by testing: a constant target trained (R^2 nan, NaN in metrics.json),
+    # and values near 1e200 crashed in the report with a traceback.
+    constant = _csv(tmp_path, "a,y\n" + "".join(f"{i},7\n" for i in range(40)))
+    result = invoke("fit", constant, "-t", "y", *FAST, "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2 and "is constant (7)" in result.stderr
+    huge = "a,y\n" + "".join(f"{i}e200,{i}\n" for i in range(40))
+    path = _csv(tmp_path, huge, "huge.csv")
+    for extra in ([], ["--stream"]):
+        result = invoke("fit", path, "-t", "y", *FAST, *extra,
+                        "--out", str(tmp_path / "r"))  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert "feature column 'a' has values too large" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_row_longer_than_the_header_is_an_error(tmp_path):
+    # Found by testing: pandas took the first field as the index and shifted every
+    # column by one, silently.
+    path = _csv(tmp_path, "a,b,y\n" + "".join(f"0,{i},{i},1\n" for i in range(30)))
+    result = invoke("fit", path, "-t", "y", *FAST, "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2, result.output
+    assert "cannot read DATA file" in result.stderr
+
+
+def test_sigterm_leaves_nothing_behind(tmp_path):
+    # Found by testing: SIGTERM (schedulers, `timeout`) left an empty reserved
+    # directory and a hidden staging folder; it now unwinds like Ctrl-C.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = "fit diamonds --epochs 500 --quiet --out".split() + [str(out)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smoothl1", *command],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert out.exists(), "the run never reserved its directory"
+    time.sleep(2)  # inside training
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []

@@ -8,7 +8,10 @@ installed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,10 +163,23 @@ def read_table(source: str | None) -> tuple[pd.DataFrame, str, str | None]:
         if kind == "parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+            # index_col=False, and its warning made an error: a row with more
+            # fields than the header is refused, neither shifted into the index
+            # nor cut short.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(
+                    path, sep="\t" if kind == "tsv" else ",", index_col=False
+                )
     except pd.errors.EmptyDataError as error:
         raise UserError(f"DATA file {source!r} is empty") from error
-    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (
+        OSError,
+        ValueError,
+        pd.errors.ParserError,
+        pd.errors.ParserWarning,
+        UnicodeDecodeError,
+    ) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"cannot read DATA file {source!r}: {message}") from error
     if frame.empty:
@@ -192,8 +208,39 @@ class Preprocessing:
         return dict(self.__dict__)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(**data)
+    def from_json(cls, data: Any) -> Preprocessing:
+        """Reads ``to_json``'s dictionary back, checking that its parts agree
+        (``ValueError`` names the first that does not)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"expected the keys {sorted(names)}, found {keys}")
+        prep = cls(**data)
+        n_columns, n_targets = len(prep.columns), len(prep.targets)
+        if not (len(prep.x_mean) == len(prep.x_std) == n_columns > 0):
+            raise ValueError(
+                f"{n_columns} columns but {len(prep.x_mean)} means and "
+                f"{len(prep.x_std)} standard deviations"
+            )
+        if not (len(prep.y_mean) == len(prep.y_std) == n_targets > 0):
+            raise ValueError(
+                f"{n_targets} targets but {len(prep.y_mean)} means and "
+                f"{len(prep.y_std)} standard deviations"
+            )
+        scales = np.asarray([*prep.x_std, *prep.y_std], dtype="float64")
+        centres = np.asarray([*prep.x_mean, *prep.y_mean], dtype="float64")
+        if not (np.isfinite(scales).all() and (scales > 0).all()):
+            raise ValueError("a standard deviation is not a positive number")
+        if not np.isfinite(centres).all():
+            raise ValueError("a mean is not a finite number")
+        expected = [
+            f"{c}={level}" if c in prep.categories else c
+            for c in prep.features
+            for level in prep.categories.get(c, [None])
+        ]
+        if sorted(expected) != sorted(prep.columns):
+            raise ValueError("its columns do not match its features and categories")
+        return prep
 
     def encode(self, frame: pd.DataFrame) -> pd.DataFrame:
         """One-hot encodes the categorical features with the training levels."""
@@ -397,11 +444,35 @@ def fit_preprocessing(
     prep.columns = [str(c) for c in encoded.columns]
     x = encoded.to_numpy("float64")
     y = train[targets].to_numpy("float64")
-    prep.x_mean = x.mean(axis=0).tolist()
-    prep.x_std = np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0).tolist()
-    prep.y_mean = y.mean(axis=0).tolist()
-    prep.y_std = np.where(y.std(axis=0) > 0, y.std(axis=0), 1.0).tolist()
+    with np.errstate(over="ignore", invalid="ignore"):
+        x_mean, x_std = x.mean(axis=0), x.std(axis=0)
+        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
+    prep.x_mean, prep.x_std = scales(prep.columns, x_mean, x_std, target=False)
+    prep.y_mean, prep.y_std = scales(targets, y_mean, y_std, target=True)
     return prep
+
+
+def scales(
+    names: list[str], means: Any, stds: Any, *, target: bool
+) -> tuple[list[float], list[float]]:
+    """Means and standard deviations of the training split, checked: a column
+    whose statistics overflow float64 is refused, as is a constant target (there
+    is nothing to learn, and every error would be divided by 0); a constant
+    feature is divided by 1."""
+    kind = "target" if target else "feature"
+    for name, mean, std in zip(names, means, stds, strict=True):
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            raise UserError(
+                f"{kind} column {name!r} has values too large to standardize (its "
+                "standard deviation overflows); rescale the column, e.g. to "
+                "thousands or millions of its unit"
+            )
+        if target and std == 0:
+            raise UserError(
+                f"target column {name!r} is constant ({mean:g}) in the training "
+                "split; there is nothing to learn"
+            )
+    return [float(m) for m in means], [float(s) if s > 0 else 1.0 for s in stds]
 
 
 def check_prediction_rows(frame: pd.DataFrame, prep: Preprocessing) -> None:

@@ -251,12 +251,15 @@ class _Moments:
         n = len(values)
         if n == 0:
             return
-        mean = values.mean(axis=0)
-        m2 = ((values - mean) ** 2).sum(axis=0)
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        # Columns beyond float64's range overflow to inf here, quietly: the
+        # statistics are checked, with the column named, in data.scales.
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = values.mean(axis=0)
+            m2 = ((values - mean) ** 2).sum(axis=0)
+            total = self.count + n
+            delta = mean - self.mean
+            self.mean = self.mean + delta * (n / total)
+            self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
         self.count = total
 
     def std(self) -> np.ndarray:
@@ -470,15 +473,19 @@ def _preprocessing(
             columns.append(column)
             x_mean.append(mean[column])
             x_std.append(std[column])
+    x_mean, x_std = data_mod.scales(columns, x_mean, x_std, target=False)
+    y_mean, y_std = data_mod.scales(
+        targets, [mean[t] for t in targets], [std[t] for t in targets], target=True
+    )
     return data_mod.Preprocessing(
         features=features,
         targets=targets,
         categories=categories,
         columns=columns,
         x_mean=x_mean,
-        x_std=[s if s > 0 else 1.0 for s in x_std],
-        y_mean=[mean[t] for t in targets],
-        y_std=[std[t] if std[t] > 0 else 1.0 for t in targets],
+        x_std=x_std,
+        y_mean=y_mean,
+        y_std=y_std,
     )
 
 

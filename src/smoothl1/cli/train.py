@@ -206,16 +206,32 @@ def write_atomic(path: Path, content: str | bytes) -> None:
 
 
 RUN_MARKERS = ("metrics.json", "results.json", "suggestion.json")
+# Every file that fit, compare or suggest-beta writes into a run directory.
+RUN_FILES = frozenset(
+    {
+        *RUN_MARKERS,
+        "model.keras",
+        "preprocessing.json",
+        "history.csv",
+        "report.md",
+        "learning_curves.png",
+        "residuals.png",
+        "results.csv",
+        "compare.png",
+        "suggest_beta.png",
+    }
+)
 
 
 def _replaceable(path: Path) -> bool:
-    """Only an empty directory or an earlier run of this command line (it holds one
-    of our result files, and no subfolder) may be replaced by --overwrite: never a
-    folder of the user's own, such as the one holding the data."""
+    """Only an empty directory or an earlier run of this command line may be
+    replaced by --overwrite: one of our result files, and nothing but files a run
+    writes. Never a folder of the user's own, such as the one holding the data,
+    even if a run's files were written into it by hand."""
     entries = list(path.iterdir())
     if not entries:
         return True
-    if any(entry.is_dir() for entry in entries):
+    if any(entry.is_dir() or entry.name not in RUN_FILES for entry in entries):
         return False
     return any((path / marker).is_file() for marker in RUN_MARKERS)
 
