@@ -358,7 +358,7 @@ def test_parse_beta():
         suggest.parse_beta("auto") == "auto" and suggest.parse_beta(" AUTO ") == "auto"
     )
     assert suggest.parse_beta("0.25") == 0.25
-    with pytest.raises(UserError, match="--beta must be a number"):
+    with pytest.raises(UserError, match="--beta must be a finite number"):
         suggest.parse_beta("large")
 
 

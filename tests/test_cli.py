@@ -233,7 +233,8 @@ def _csv(tmp_path: Path, text: str, name: str = "t.csv") -> str:
         (["nope.csv", "-t", "y"], "does not exist"),
         (["table.xlsx", "-t", "y"], "neither a built-in data set"),
         (["--target", "nope"], "target column 'nope' is not in the table"),
-        (["--beta", "-1"], "`beta`"),
+        (["--beta", "-1"], "--beta must be a finite number >= 0"),
+        (["--beta", "nan"], "--beta must be a finite number >= 0"),
         (["--loss", "nonsense"], "--loss 'nonsense'"),
         (["--hidden", "64,x"], "--hidden must be comma-separated integers"),
         (["--epochs", "0"], "--epochs must be positive"),
@@ -553,3 +554,32 @@ def test_sigterm_leaves_nothing_behind(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+def test_numbers_stored_as_objects_are_numbers_and_typos_are_named(tmp_path):
+    # Found by testing: a Parquet decimal column, integers beyond 64 bits and a
+    # float column with one typo all became 40-level one-hot categories.
+    import decimal
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=40)
+    frame = pd.DataFrame(
+        {
+            "a": a,
+            "d": [decimal.Decimal(f"{v:.3f}") for v in rng.normal(size=40)],
+            "y": [str(10**20 + i) for i in range(40)],  # beyond uint64, as text
+        }
+    )
+    checked, features, categories, _ = data_mod.check_columns(frame, ["y"], False, 50)
+    assert categories == {} and features == ["a", "d"]
+    assert checked["d"].dtype == "float64" and checked["y"].dtype == "float64"
+    assert checked["y"].iloc[3] == float(10**20 + 3)
+
+    typo = pd.DataFrame({"b": [f"{v:.2f}" for v in a], "y": a})
+    typo.loc[30, "b"] = "1.2x"
+    with pytest.raises(data_mod.UserError, match=r"'1.2x' at data row 31"):
+        data_mod.check_columns(typo, ["y"], False, 50)
+    # A real category of number-like codes and words stays a category.
+    codes = pd.DataFrame({"c": ["1", "2", "other", "3"] * 10, "y": a})
+    _, _, categories, _ = data_mod.check_columns(codes, ["y"], False, 50)
+    assert categories == {"c": ["1", "2", "3", "other"]}

@@ -138,7 +138,7 @@ def test_command_writes_results(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--losses", "nonsense"], "Unknown loss"),
+        (["--losses", "nonsense"], "--losses 'nonsense': Unknown loss"),
         (["--outliers", "0,1.5"], "--outliers fractions must be in [0, 1)"),
         (["--seeds", "0"], "--seeds must be at least 1"),
         (["--strategy", "fast"], "--strategy must be batched or loop"),

@@ -201,7 +201,11 @@ class BatchedTrainer:
         # Members ordered loss-major, so each loss's members are contiguous.
         self.members = [Member(spec, f) for spec in specs for f in fractions]
         self.groups = [
-            (make_loss(spec), i * len(fractions), (i + 1) * len(fractions))
+            (
+                make_loss(spec, option="--losses"),
+                i * len(fractions),
+                (i + 1) * len(fractions),
+            )
             for i, spec in enumerate(specs)
         ]
         self.total = ensemble.MemberSum(self.groups)
@@ -417,13 +421,15 @@ def compare_table(options: CompareOptions) -> CompareResult:
     if options.strategy not in ("batched", "loop"):
         raise UserError(f"--strategy must be batched or loop; got {options.strategy!r}")
     for spec in options.losses:
-        if isinstance(make_loss(spec), SelfAdjustingSmoothL1Loss):
+        if isinstance(make_loss(spec, option="--losses"), SelfAdjustingSmoothL1Loss):
             raise UserError(
                 f"--losses {spec!r}: the self-adjusting loss keeps a running state in "
                 "a layer of its own model, so it cannot share the batched grid; "
                 "measure it with `smoothl1 fit --loss self_adjusting`"
             )
-    specs = [registry.spec_of(make_loss(spec)) for spec in options.losses]
+    specs = [
+        registry.spec_of(make_loss(spec, option="--losses")) for spec in options.losses
+    ]
     frame, data_name, default_target = data_mod.read_table(options.data)
     targets = options.targets or ([default_target] if default_target else [])
     if not targets:
@@ -435,7 +441,7 @@ def compare_table(options: CompareOptions) -> CompareResult:
         frame, targets, options.drop_missing, options.max_levels
     )
     for spec in specs:
-        make_loss(spec, len(targets))
+        make_loss(spec, len(targets), option="--losses")
     trainer = BatchedTrainer(specs, options.outliers, options)
     seeds = [options.seed + i for i in range(options.seeds)]
     run = RunDirectory(

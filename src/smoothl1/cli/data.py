@@ -278,6 +278,7 @@ def check_columns(
         the levels of each categorical feature (sorted), and the number of rows
         dropped.
     """
+    frame = numbers_as_numbers(frame)
     missing_targets = [t for t in targets if t not in frame.columns]
     if missing_targets:
         raise UserError(
@@ -334,6 +335,46 @@ class Splits:
     train: np.ndarray
     validation: np.ndarray
     test: np.ndarray
+
+
+MOSTLY_NUMERIC = 0.9
+
+
+def numbers_as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns of numbers that the reader left as objects (Parquet decimals,
+    integers beyond 64 bits, numbers quoted as text) as float64; a column whose
+    values are mostly numbers but not all (a typo in a numeric column) is refused,
+    naming the first value that is not a number, rather than one-hot encoded as a
+    category of every distinct value."""
+    converted = {}
+    for column in frame.columns:
+        series = frame[column]
+        if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            continue
+        if not (
+            pd.api.types.is_object_dtype(series)
+            or isinstance(series.dtype, pd.StringDtype)
+        ):
+            continue
+        present = series.dropna()
+        if present.empty or present.map(lambda v: isinstance(v, bool)).any():
+            continue
+        numbers = pd.to_numeric(present, errors="coerce")
+        share = float(numbers.notna().mean())
+        if share == 1.0:
+            converted[column] = pd.to_numeric(series, errors="coerce").astype("float64")
+        elif share >= MOSTLY_NUMERIC:
+            position, value = first_non_numeric(series) or (0, "?")
+            raise UserError(
+                f"column {column!r} holds numbers but {value!r} at "
+                f"{data_row(position)} is not one ({100 * share:.0f} % of its values "
+                "are numbers); fix the value, or drop the column"
+            )
+    if converted:
+        frame = frame.copy()
+        for column, values in converted.items():
+            frame[column] = values
+    return frame
 
 
 def data_row(position: int) -> str:

@@ -23,6 +23,7 @@ what ``fit --beta auto`` calls. Importing this module registers the command on t
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, fields, replace
@@ -303,11 +304,15 @@ def parse_beta(text: str) -> float | str:
     if text.strip().lower() == "auto":
         return "auto"
     try:
-        return float(text)
+        beta = float(text)
     except ValueError:
+        beta = math.nan
+    if not (math.isfinite(beta) and beta >= 0):
         raise UserError(
-            f"--beta must be a number (standardized target units) or auto; got {text!r}"
-        ) from None
+            "--beta must be a finite number >= 0 (standardized target units) or "
+            f"auto; got {text!r}"
+        )
+    return beta
 
 
 # ---------------------------------------------------------------- the command

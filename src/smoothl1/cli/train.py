@@ -91,19 +91,22 @@ def _loss_spec(loss: str, beta: float | Sequence[float], delta: float) -> str:
     return loss
 
 
-def make_loss(spec: str, n_targets: int | None = None) -> keras.losses.Loss:
+def make_loss(
+    spec: str, n_targets: int | None = None, option: str = "--loss"
+) -> keras.losses.Loss:
     """The loss a spec names; with ``n_targets``, also checks that a per-coordinate
-    parameter has one value per target column."""
+    parameter has one value per target column. Errors name ``option``, the
+    command-line option the spec came from."""
     try:
         loss = registry.get(spec)
     except ValueError as error:
-        raise UserError(f"--loss {spec!r}: {error}") from error
+        raise UserError(f"{option} {spec!r}: {error}") from error
     per_target = [
         v for v in getattr(loss, "params", {}).values() if isinstance(v, tuple)
     ]
     if n_targets is not None and any(len(v) != n_targets for v in per_target):
         raise UserError(
-            f"--loss {spec!r}: a per-coordinate parameter needs one value per target "
+            f"{option} {spec!r}: a per-coordinate parameter needs one value per target "
             f"column, and there are {n_targets}"
         )
     return loss
