@@ -266,9 +266,15 @@ class RunDirectory:
             )
             os.chmod(self.staging, 0o777 & ~_umask())
         except OSError as error:
-            target = default_name if out is None else out
+            target = Path(default_name if out is None else out)
+            blocking = next((p for p in target.parents if p.is_file()), None)
+            reason = (
+                f"{str(blocking)!r} is a file, not a folder"
+                if blocking is not None
+                else error.strerror
+            )
             raise UserError(
-                f"cannot create the run directory {str(target)!r}: {error.strerror}"
+                f"cannot create the run directory {str(target)!r}: {reason}"
             ) from error
 
     @staticmethod
