@@ -107,20 +107,6 @@ def test_overwrite_replaces_only_when_asked(tmp_path):
     assert (out / "model.keras").is_file()
 
 
-def test_overwrite_never_replaces_a_run_folder_holding_other_files(tmp_path):
-    # Found by testing: a folder holding the data and a metrics.json was replaced,
-    # and the data file with it.
-    folder = tmp_path / "work"
-    folder.mkdir()
-    data_mod.load_builtin("stackloss").to_csv(folder / "data.csv", index=False)
-    (folder / "metrics.json").write_text("{}")
-    result = invoke("fit", str(folder / "data.csv"), "-t", "STACKLOSS",
-                    "--out", str(folder), "--overwrite", *FAST)  # fmt: skip
-    assert result.exit_code == 2, result.output
-    assert "not an earlier smoothl1 run directory" in result.stderr
-    assert sorted(p.name for p in folder.iterdir()) == ["data.csv", "metrics.json"]
-
-
 def test_two_runs_never_share_a_run_directory(tmp_path, monkeypatch):
     # Found by testing: two runs started together with one --out (or default names
     # made in the same second) both moved into place, the second over the first.
@@ -413,16 +399,19 @@ def test_losses_lists_every_registry_name():
         assert name in result.stdout
 
 
-def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+@pytest.mark.parametrize("extra", ["notes.txt", "metrics.json"])
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, extra):
+    # With metrics.json: found by testing, the folder holding the data and a run's
+    # result file was replaced, and the data file with it.
     folder = tmp_path / "data"
     folder.mkdir()
     data_mod.load_builtin("stackloss").to_csv(folder / "stack.csv", index=False)
-    (folder / "notes.txt").write_text("mine")
+    (folder / extra).write_text("{}")
     result = invoke("fit", str(folder / "stack.csv"), "-t", "STACKLOSS",
                     "--out", str(folder), "--overwrite", *FAST)  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "not an earlier smoothl1 run directory" in result.stderr
-    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "stack.csv"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([extra, "stack.csv"])
 
 
 @pytest.mark.parametrize(
