@@ -129,6 +129,27 @@ def test_two_runs_never_share_a_run_directory(tmp_path, monkeypatch):
     assert not a.path.exists() and not a.staging.exists()
 
 
+def test_a_failed_run_removes_the_folders_it_made_and_refuses_links(tmp_path):
+    # Found by testing: a killed run left the empty parents of a deep --out, and an
+    # --out that was a link to an earlier run became a folder beside a stray link.
+    from smoothl1.cli.data import UserError
+    from smoothl1.cli.train import RunDirectory
+
+    (tmp_path / "keep").mkdir()
+    run = RunDirectory(str(tmp_path / "keep" / "a" / "b" / "run"), "unused", False)
+    run.discard()
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+    assert list((tmp_path / "keep").iterdir()) == []
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "metrics.json").write_text("{}")
+    (tmp_path / "link").symlink_to(earlier)
+    with pytest.raises(UserError, match="is a symbolic link"):
+        RunDirectory(str(tmp_path / "link"), "unused", overwrite=True)
+    assert (tmp_path / "link").is_symlink() and (earlier / "metrics.json").is_file()
+
+
 def test_a_run_never_replaces_what_appeared_in_its_reservation(tmp_path):
     from smoothl1.cli.data import UserError
     from smoothl1.cli.train import RunDirectory
@@ -568,7 +589,12 @@ def test_numbers_stored_as_objects_are_numbers_and_typos_are_named(tmp_path):
     typo.loc[30, "b"] = "1.2x"
     with pytest.raises(data_mod.UserError, match=r"'1.2x' at data row 31"):
         data_mod.check_columns(typo, ["y"], False, 50)
-    # A real category of number-like codes and words stays a category.
+    # A real category of number-like codes and words stays a category, also when
+    # the word is rare (4 %) but repeats: store codes 101 to 110 and A1.
     codes = pd.DataFrame({"c": ["1", "2", "other", "3"] * 10, "y": a})
     _, _, categories, _ = data_mod.check_columns(codes, ["y"], False, 50)
     assert categories == {"c": ["1", "2", "3", "other"]}
+    stores = [str(101 + i % 10) for i in range(192)] + ["A1"] * 8
+    frame = pd.DataFrame({"store": stores, "y": np.arange(200.0)})
+    _, _, categories, _ = data_mod.check_columns(frame, ["y"], False, 50)
+    assert categories["store"][-1] == "A1" and len(categories["store"]) == 11

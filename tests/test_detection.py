@@ -829,12 +829,37 @@ class _ForgetfulLoss(keras.losses.Loss):
         return self.scale * keras.ops.mean(keras.ops.abs(y_pred - y_true), axis=-1)
 
 
+@keras.saving.register_keras_serializable(package="smoothl1_tests")
+class _ForgetfulRelativeLoss(keras.losses.Loss):
+    """Weights errors by 1 + k |y_true|, and leaves k out of its config."""
+
+    def __init__(self, k=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.k = k
+
+    def call(self, y_true, y_pred):
+        weight = 1.0 + self.k * keras.ops.abs(y_true)
+        return keras.ops.mean(weight * keras.ops.square(y_pred - y_true), axis=-1)
+
+
 def test_a_loss_that_does_not_reload_as_itself_is_refused():
     # Found by testing: BoxRegressionLoss(loss=keras.losses.Huber(2.0)) reloaded
     # as Huber with delta 1 (one positive anchor at 3: 16 before, 10 after).
     with pytest.raises(ValueError, match="reloads as a different loss"):
         BoxRegressionLoss(loss=_ForgetfulLoss(scale=3.0))
     BoxRegressionLoss(loss=_ForgetfulLoss(scale=1.0))  # reloads as itself
+    # A parameter that matters only away from y_true = 0 is checked too, and a
+    # per-coordinate PenaltyLoss (which needs four coordinates) is accepted.
+    with pytest.raises(ValueError, match="reloads as a different loss"):
+        BoxRegressionLoss(loss=_ForgetfulRelativeLoss(k=5.0))
+    per_coordinate = smoothl1.SmoothL1Loss(beta=(0.1, 0.1, 0.2, 0.2))
+    box = BoxRegressionLoss(loss=per_coordinate)
+    assert BoxRegressionLoss.from_config(box.get_config()).penalty_loss.beta == (
+        0.1,
+        0.1,
+        0.2,
+        0.2,
+    )
     y_true = rows(np.zeros((1, 1, 4)), [[1]])
     y_pred = f32(np.full((1, 1, 4), 3.0))
     # Huber delta 2 at d = 3: 2 * (3 - 1) = 4 per coordinate, 16 for the four.

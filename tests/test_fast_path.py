@@ -396,3 +396,28 @@ def test_second_derivative_through_the_custom_jvp(beta):
     plain = jax.hessian(lambda x: penalties._clip_and_split(x, beta).sum())(d)
     np.testing.assert_allclose(np.diag(np.asarray(fast)), expected, rtol=1e-6)
     np.testing.assert_allclose(np.diag(np.asarray(plain)), expected, rtol=1e-6)
+
+
+@pytest.mark.skipif(
+    BACKEND == "jax", reason="JAX computes float64 as float32 by default"
+)
+@pytest.mark.parametrize("beta", ["per-coordinate", "tensor"])
+def test_float64_stays_float64(beta):
+    # Found by testing: on PyTorch, Keras's minimum of float64 tensors is float32,
+    # so 0.5 * 1e-6 came out as 4.9995e-07 (1e-4 relative error). The float64
+    # formula 0.5 d**2 / beta and |d| - beta / 2 are the reference.
+    d = np.array([[0.0, 1e-3, -1e-3, 0.5]], dtype="float64")
+    if beta == "per-coordinate":
+        betas = np.array([0.0, 1.0, 2.0, 1e-4])
+        value, grad = value_and_grad(lambda x: penalties.smooth_l1(x, tuple(betas)), d)
+    else:
+        betas = np.full(4, 1e-4)
+        tensor = keras.ops.convert_to_tensor(np.float64(1e-4), dtype="float64")
+        value, grad = value_and_grad(lambda x: penalties.smooth_l1(x, tensor), d)
+    a = np.abs(d)
+    safe = np.where(betas > 0, betas, 1.0)
+    expected = np.where(a < betas, 0.5 * a * a / safe, a - 0.5 * betas)
+    assert value.dtype == np.float64
+    np.testing.assert_allclose(value, expected, rtol=1e-12, atol=0)
+    slope = np.where(betas > 0, np.clip(d / safe, -1, 1), np.sign(d))
+    np.testing.assert_allclose(grad, slope, rtol=1e-12, atol=0)

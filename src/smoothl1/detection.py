@@ -407,8 +407,8 @@ def decode_boxes(
     dx, dy, dw, dh = _split(deltas)
     x = xa + wa * (dx / wx)
     y = ya + ha * (dy / wy)
-    w = wa * ops.exp(ops.minimum(dw / ww, SCALE_CLAMP))
-    h = ha * ops.exp(ops.minimum(dh / wh, SCALE_CLAMP))
+    w = wa * ops.exp(penalties._minimum(dw / ww, SCALE_CLAMP))
+    h = ha * ops.exp(penalties._minimum(dh / wh, SCALE_CLAMP))
     return _from_center(x, y, w, h, box_format)
 
 
@@ -576,22 +576,18 @@ def _check_round_trip(loss: keras.losses.Loss) -> None:
     """Refuses a loss object whose saved config does not bring back the same loss,
     since a model saved with it would reload and train with another one: in Keras
     3.15, for one, ``keras.losses.Huber(2.0).get_config()`` leaves out ``delta``.
-    Compared on a few residuals across every usual threshold."""
-    y_true = np.zeros((1, 8, 1), "float32")
-    y_pred = np.array([-30, -4, -1.5, -0.3, 0.05, 0.7, 2.5, 12], "float32")
-    y_true, y_pred = (
-        ops.convert_to_tensor(y_true),
-        ops.convert_to_tensor(y_pred.reshape(1, 8, 1)),
-    )
+    Compared as the box loss uses it, on box deltas of four coordinates whose
+    targets and residuals span every usual threshold."""
+    grid = np.linspace(-3.0, 3.0, 32, dtype="float32").reshape(8, 4)
+    y_true = ops.convert_to_tensor(grid[None])
+    y_pred = ops.convert_to_tensor((grid * np.float32(-2.5) + np.float32(0.7))[None])
+    before = ops.convert_to_numpy(_penalty_values(loss, y_true, y_pred))
     try:
         again = keras.saving.deserialize_keras_object(
             keras.saving.serialize_keras_object(loss)
         )
-        same = np.allclose(
-            ops.convert_to_numpy(loss.call(y_true, y_pred)),
-            ops.convert_to_numpy(again.call(y_true, y_pred)),
-            rtol=1e-6,
-        )
+        after = ops.convert_to_numpy(_penalty_values(again, y_true, y_pred))
+        same = np.allclose(before, after, rtol=1e-6)
     except Exception as error:  # noqa: BLE001 (any failure means: cannot be saved)
         raise ValueError(
             f"Invalid value for argument `loss`: {type(loss).__name__} cannot be "
@@ -606,6 +602,34 @@ def _check_round_trip(loss: keras.losses.Loss) -> None:
             "spec string instead, such as loss='huber:delta=2' for "
             "keras.losses.Huber(2.0)"
         )
+
+
+def _penalty_values(loss: keras.losses.Loss, y_true: Any, y_pred: Any) -> Any:
+    """The elementwise penalty of ``loss`` on box deltas (``(..., 4)`` each): the
+    penalty of a :class:`smoothl1.PenaltyLoss`, or ``call`` of any other loss
+    applied to one coordinate at a time."""
+    if isinstance(loss, losses.PenaltyLoss):
+        return losses.per_sample(
+            type(loss).penalty,
+            y_true,
+            y_pred,
+            axis=None,
+            with_y_true=loss.penalty_takes_y_true,
+            **loss.params,
+        )
+    # Any other Keras loss averages over the last axis: give it one coordinate
+    # per sample.
+    values = loss.call(ops.expand_dims(y_true, -1), ops.expand_dims(y_pred, -1))
+    if len(values.shape) == len(y_pred.shape) + 1:
+        values = ops.squeeze(values, -1)
+    if tuple(values.shape) != tuple(y_pred.shape):
+        raise ValueError(
+            f"Invalid value for argument `loss`: {type(loss).__name__} did not "
+            "give one value per coordinate (a loss with one value per sample "
+            f"when given one coordinate per sample is needed). Got shape "
+            f"{tuple(values.shape)} for inputs of shape {tuple(y_pred.shape)}."
+        )
+    return ops.cast(values, y_pred.dtype)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -788,29 +812,7 @@ class BoxRegressionLoss(keras.losses.Loss):
             )
 
     def _elementwise(self, y_true: Any, y_pred: Any) -> Any:
-        loss = self.penalty_loss
-        if isinstance(loss, losses.PenaltyLoss):
-            return losses.per_sample(
-                type(loss).penalty,
-                y_true,
-                y_pred,
-                axis=None,
-                with_y_true=loss.penalty_takes_y_true,
-                **loss.params,
-            )
-        # Any other Keras loss averages over the last axis: give it one
-        # coordinate per sample.
-        values = loss.call(ops.expand_dims(y_true, -1), ops.expand_dims(y_pred, -1))
-        if len(values.shape) == len(y_pred.shape) + 1:
-            values = ops.squeeze(values, -1)
-        if tuple(values.shape) != tuple(y_pred.shape):
-            raise ValueError(
-                f"Invalid value for argument `loss`: {type(loss).__name__} did not "
-                "give one value per coordinate (a loss with one value per sample "
-                f"when given one coordinate per sample is needed). Got shape "
-                f"{tuple(values.shape)} for inputs of shape {tuple(y_pred.shape)}."
-            )
-        return ops.cast(values, y_pred.dtype)
+        return _penalty_values(self.penalty_loss, y_true, y_pred)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

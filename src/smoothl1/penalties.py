@@ -325,7 +325,7 @@ def _smooth_l1_value(d: Any, upper: Any, divisor: Any) -> Any:
     # is _clip_and_split's (d / beta) * (d / 2) bit for bit; outside, the two differ
     # by rounding only. (min and abs fuse into XLA's CPU reductions; clip does not.)
     a = ops.abs(d)
-    m = ops.minimum(a, upper)
+    m = _minimum(a, upper)
     return 0.5 * m * (m / divisor) + (a - m)
 
 
@@ -341,7 +341,7 @@ def _smooth_l1_slope(
     betas = beta if isinstance(beta, tuple) else (beta,)
     if max(betas) == 0.0:
         return ops.sign(d)
-    ratio = d / ops.maximum(ops.abs(d), divisor)
+    ratio = d / _maximum(ops.abs(d), divisor)
     return ratio if min(betas) > 0.0 else ops.where(upper > 0, ratio, ops.sign(d))
 
 
@@ -403,9 +403,27 @@ def _clip_and_split(d: Any, beta: Any) -> Any:
     )
     positive = upper > 0
     divisor = ops.where(positive, upper, ops.ones_like(upper))
-    c = ops.minimum(ops.maximum(d, -upper), upper)
+    c = _minimum(_maximum(d, -upper), upper)
     # Where beta = 0, c = 0 and the first form is 0: take |d| there.
     return ops.where(positive, (c / divisor) * (d - 0.5 * c), _l1(d))
+
+
+def _minimum(x: Any, y: Any) -> Any:
+    """``ops.minimum``, keeping the dtype of ``x``: on PyTorch, Keras 3.15 computes
+    the minimum of a float64 tensor (and of a float64 tensor and a number) in
+    float32. A nan in ``x`` stays nan, as with ``minimum``."""
+    if keras.backend.backend() == "torch":
+        x = ops.convert_to_tensor(x)
+        return ops.where(x > y, ops.cast(y, x.dtype), x)
+    return ops.minimum(x, y)
+
+
+def _maximum(x: Any, y: Any) -> Any:
+    """``ops.maximum``, keeping the dtype of ``x`` (see ``_minimum``)."""
+    if keras.backend.backend() == "torch":
+        x = ops.convert_to_tensor(x)
+        return ops.where(x < y, ops.cast(y, x.dtype), x)
+    return ops.maximum(x, y)
 
 
 def _l1(d: Any) -> Any:
@@ -517,7 +535,7 @@ def balanced_l1(
     beta = check_positive("beta", beta)
     d = _as_float_tensor(residual)
     a = _l1(d)
-    x = ops.minimum(a, beta)
+    x = _minimum(a, beta)
     inner = (alpha / b) * (b * x + 1.0) * ops.log1p((b / beta) * x) - alpha * x
     return inner + gamma * (a - x)
 
@@ -563,7 +581,7 @@ def wing(residual: Any, width: float = 10.0, curvature: float = 2.0) -> Any:
     curvature = check_positive("curvature", curvature)
     d = _as_float_tensor(residual)
     a = _l1(d)
-    x = ops.minimum(a, width)
+    x = _minimum(a, width)
     return width * ops.log1p(x / curvature) + (a - x)
 
 
@@ -634,7 +652,7 @@ def adaptive_wing(
     d = _as_float_tensor(residual)
     p = alpha - ops.cast(ops.convert_to_tensor(y_true), d.dtype)
     a = _l1(d)
-    x = ops.minimum(a, theta)
+    x = _minimum(a, theta)
     # ln(0) would give 0 * inf = nan in the gradient; x = 0 takes the value 0.
     positive = x > 0
     x_safe = ops.where(positive, x, ops.full_like(x, epsilon))
@@ -690,7 +708,7 @@ def charbonnier(residual: Any, epsilon: float = 1e-3) -> Any:
     d = _as_float_tensor(residual)
     # The value does not depend on m, so its gradient is taken with m held fixed;
     # differentiating through m would square m and overflow for large |d|.
-    m = ops.stop_gradient(ops.maximum(_l1(d), epsilon))
+    m = ops.stop_gradient(_maximum(_l1(d), epsilon))
     return m * ops.sqrt(ops.square(d / m) + ops.square(epsilon / m))
 
 
@@ -706,7 +724,7 @@ def _log1p_square(d: Any, k: float) -> Any:
     """``ln(1 + (d / k)**2)`` for ``k > 0``, without squaring a large ``d / k``."""
     t = min(_LOG1P_SQUARE_SWITCH * k, 1e38)
     s = ops.clip(d, -t, t) / k
-    return ops.log1p(s * s) + 2.0 * ops.log(ops.maximum(_l1(d), t) / t)
+    return ops.log1p(s * s) + 2.0 * ops.log(_maximum(_l1(d), t) / t)
 
 
 def general_robust(residual: Any, alpha: float = 1.0, scale: float = 1.0) -> Any:

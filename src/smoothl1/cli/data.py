@@ -342,10 +342,11 @@ MOSTLY_NUMERIC = 0.9
 
 def numbers_as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
     """Columns of numbers that the reader left as objects (Parquet decimals,
-    integers beyond 64 bits, numbers quoted as text) as float64; a column whose
-    values are mostly numbers but not all (a typo in a numeric column) is refused,
-    naming the first value that is not a number, rather than one-hot encoded as a
-    category of every distinct value."""
+    integers beyond 64 bits, numbers quoted as text) as float64. A column whose
+    values are numbers but for a few that each occur once (typos in a numeric
+    column) is refused, naming the first, rather than one-hot encoded as a category
+    of every distinct value; a non-number that repeats (store codes 101, 102 and
+    A1, say) makes the column a category, as any text column."""
     converted = {}
     for column in frame.columns:
         series = frame[column]
@@ -363,7 +364,7 @@ def numbers_as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
         share = float(numbers.notna().mean())
         if share == 1.0:
             converted[column] = pd.to_numeric(series, errors="coerce").astype("float64")
-        elif share >= MOSTLY_NUMERIC:
+        elif share >= MOSTLY_NUMERIC and present[numbers.isna()].is_unique:
             position, value = first_non_numeric(series) or (0, "?")
             raise UserError(
                 f"column {column!r} holds numbers but {value!r} at "

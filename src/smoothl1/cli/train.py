@@ -252,6 +252,8 @@ class RunDirectory:
     def __init__(self, out: str | None, default_name: str, overwrite: bool) -> None:
         self.replaces = False  # an earlier run, which --overwrite allowed to go
         self.kept = False  # the finished run could not be moved into place
+        self.committed = False
+        self.created: list[Path] = []  # folders above the run that this run made
         try:
             if out is None:
                 path = self._reserve_default(Path("runs") / default_name)
@@ -280,6 +282,11 @@ class RunDirectory:
     @staticmethod
     def _check_out(path: Path, overwrite: bool) -> bool:
         """Whether ``--out`` names an earlier run that ``--overwrite`` replaces."""
+        if path.is_symlink():
+            raise UserError(
+                f"--out {str(path)!r} is a symbolic link; give the directory itself "
+                "(a run never replaces a link or what it points to)"
+            )
         if not path.exists():
             return False
         if not path.is_dir():
@@ -299,9 +306,16 @@ class RunDirectory:
             )
         return True
 
-    @staticmethod
-    def _reserve(path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _make_parents(self, path: Path) -> None:
+        """Creates the folders above ``path`` that are missing, remembering them so
+        that a failed run removes them again."""
+        missing = [p for p in reversed(path.parents) if not p.exists()]
+        for folder in missing:
+            folder.mkdir(exist_ok=True)
+            self.created.append(folder)
+
+    def _reserve(self, path: Path) -> None:
+        self._make_parents(path)
         try:
             path.mkdir()
         except FileExistsError as error:
@@ -310,9 +324,8 @@ class RunDirectory:
                 "choose another --out"
             ) from error
 
-    @staticmethod
-    def _reserve_default(base: Path) -> Path:
-        base.parent.mkdir(parents=True, exist_ok=True)
+    def _reserve_default(self, base: Path) -> Path:
+        self._make_parents(base)
         path, n = base, 1
         while True:
             try:
@@ -334,14 +347,18 @@ class RunDirectory:
                     f"{str(self.staging)!r}"
                 )
             old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            os.replace(self.staging, self.path)
+            with _signals_held():  # Ctrl-C or SIGTERM wait until both moves are done
+                os.replace(self.path, old)
+                os.replace(self.staging, self.path)
+                self.committed = True
             shutil.rmtree(old, ignore_errors=True)
             return self.path
         try:
             # rename(2) replaces an empty directory (the reservation) and fails
             # for one that is not empty: nothing a user put there is lost.
-            os.replace(self.staging, self.path)
+            with _signals_held():
+                os.replace(self.staging, self.path)
+                self.committed = True
         except OSError as error:
             self.kept = True
             raise UserError(
@@ -352,12 +369,38 @@ class RunDirectory:
 
     def discard(self) -> None:
         """Removes what a failed run left: its staging folder (unless ``commit``
-        kept it for the user) and its empty reservation."""
+        kept it for the user), its empty reservation and the empty folders it
+        made above them. Nothing once the run is in place."""
+        if self.committed:
+            return
         if not self.kept:
             shutil.rmtree(self.staging, ignore_errors=True)
-        if not self.replaces:
+        if self.replaces or self.kept:
+            return
+        for folder in [self.path, *reversed(self.created)]:
             with contextlib.suppress(OSError):
-                self.path.rmdir()  # the empty reservation only; never a full one
+                folder.rmdir()  # only an empty folder; never a full one
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Holds SIGINT and SIGTERM back (they arrive after the block) so that a run is
+    never caught between two moves; in the main thread of a POSIX process only."""
+    import signal
+    import threading
+
+    if (
+        not hasattr(signal, "pthread_sigmask")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # ---------------------------------------------------------------- the job
