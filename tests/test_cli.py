@@ -366,6 +366,22 @@ def test_regression_metrics_by_hand():
     assert metrics["fraction_beyond_beta"] == 0.5
 
 
+def test_regression_metrics_per_target_by_hand():
+    # Two targets in different units: residuals (0, 1, 0, 2) and (10, 0, 0, 30).
+    y_true = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
+    y_pred = y_true + np.array([[0.0, 10.0], [1.0, 0.0], [0.0, 0.0], [2.0, 30.0]])
+    metrics = regression_metrics(y_true, y_pred, np.array([1.0, 20.0]), ["u", "v"])
+    u, v = metrics["per_target"]["u"], metrics["per_target"]["v"]
+    assert u["mae"] == 0.75 and u["fraction_beyond_beta"] == 0.5  # as above
+    # v: MAE 40 / 4 = 10, RMSE sqrt(1000 / 4), median of (0, 0, 10, 30) = 5,
+    # beyond 20: 1 of 4; y_true is constant, so its R^2 is undefined (nan).
+    assert v["mae"] == 10.0 and v["median_ae"] == 5.0
+    assert math.isclose(v["rmse"], math.sqrt(250.0))
+    assert v["fraction_beyond_beta"] == 0.25 and math.isnan(v["r2"])
+    assert metrics["mae"] == (3 + 40) / 8  # pooled over both targets
+    assert "per_target" not in regression_metrics(y_true[:, :1], y_pred[:, :1], None)
+
+
 def test_plot_draws_and_reads_penalties_through_the_loss(tmp_path):
     from smoothl1.cli.plot import penalty_curve
 

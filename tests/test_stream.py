@@ -259,14 +259,21 @@ def test_streamed_errors_equal_regression_metrics():
     y_true = rng.normal(size=(1000, 2)) * [1.0, 30.0]
     y_pred = y_true + rng.standard_t(3, size=(1000, 2))
     beta = np.array([0.5, 2.0])
-    expected = regression_metrics(y_true, y_pred, beta)
-    errors = stream.StreamingErrors(1, beta)
+    expected = regression_metrics(y_true, y_pred, beta, ["a", "b"])
+    errors = stream.StreamingErrors(1, beta, ["a", "b"])
     for part in np.array_split(np.arange(1000), 7):
         errors.update(y_true[part], y_pred[part])
     got = errors.result()
     assert got.keys() == expected.keys()
     for key in expected:
+        if key == "per_target":
+            continue
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-12, err_msg=key)
+    for name in ("a", "b"):
+        mine, theirs = got["per_target"][name], expected["per_target"][name]
+        assert mine.keys() == theirs.keys()
+        for key in theirs:
+            np.testing.assert_allclose(mine[key], theirs[key], rtol=1e-12, err_msg=key)
     # Every 3rd row for the median: rows 0, 3, ..., 999 of the split.
     sampled = stream.StreamingErrors(3, beta)
     for part in np.array_split(np.arange(1000), 7):

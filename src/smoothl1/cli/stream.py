@@ -38,7 +38,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -606,14 +606,19 @@ class StreamingErrors:
     error is that of every ``every``-th row of the split (exact for ``every=1``).
     """
 
-    def __init__(self, every: int, beta_units: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        every: int,
+        beta_units: np.ndarray | None,
+        targets: Sequence[str] | None = None,
+    ) -> None:
         self.every = every
         self.beta_units = beta_units
+        self.targets = targets
         self.rows = 0
-        self.elements = 0
-        self.abs_sum = 0.0
-        self.sq_sum = 0.0
-        self.beyond = 0
+        self.abs_sum: Any = 0.0  # per target column, once rows arrive
+        self.sq_sum: Any = 0.0
+        self.beyond: Any = 0
         self.ss_res: np.ndarray | None = None
         self.y_moments: _Moments | None = None
         self.sample_true: list[np.ndarray] = []
@@ -628,21 +633,21 @@ class StreamingErrors:
             raise RuntimeError("streaming metrics lost their residual sums")
         self.y_moments.update(y_true)
         self.ss_res += (residual**2).sum(axis=0)
-        self.abs_sum += float(np.abs(residual).sum())
-        self.sq_sum += float((residual**2).sum())
+        self.abs_sum = self.abs_sum + np.abs(residual).sum(axis=0)
+        self.sq_sum = self.sq_sum + (residual**2).sum(axis=0)
         if self.beta_units is not None:
-            self.beyond += int((np.abs(residual) >= self.beta_units).sum())
+            beyond = np.abs(residual) >= self.beta_units
+            self.beyond = self.beyond + beyond.sum(axis=0)
         index = np.arange(self.rows, self.rows + len(y_true))
         take = index % self.every == 0
         self.sample_true.append(y_true[take])
         self.sample_pred.append(y_pred[take])
         self.rows += len(y_true)
-        self.elements += residual.size
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate(self.sample_true), np.concatenate(self.sample_pred)
 
-    def result(self) -> dict[str, float]:
+    def result(self) -> dict[str, Any]:
         if self.y_moments is None or self.ss_res is None:
             raise RuntimeError("streaming metrics asked for a result before any rows")
         ss_tot = self.y_moments.m2
@@ -650,15 +655,33 @@ class StreamingErrors:
             ss_tot > 0, 1 - self.ss_res / np.where(ss_tot > 0, ss_tot, 1), np.nan
         )
         y_true, y_pred = self.sample()
-        metrics = {
-            "mae": self.abs_sum / self.elements,
-            "rmse": math.sqrt(self.sq_sum / self.elements),
-            "median_ae": float(np.median(np.abs(y_pred - y_true))),
-            "r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else float("nan"),
-            "rows": int(self.rows),
-        }
-        if self.beta_units is not None:
-            metrics["fraction_beyond_beta"] = self.beyond / self.elements
+        abs_sample = np.abs(y_pred - y_true)
+
+        def errors(columns: Any) -> dict[str, Any]:
+            # The errors of the chosen target columns, pooled.
+            elements = self.rows * len(np.atleast_1d(r2[columns]))
+            out = {
+                "mae": float(np.sum(self.abs_sum[columns]) / elements),
+                "rmse": math.sqrt(float(np.sum(self.sq_sum[columns])) / elements),
+                "median_ae": float(np.median(abs_sample[:, columns])),
+                "r2": (
+                    float(np.nanmean(r2[columns]))
+                    if np.isfinite(r2[columns]).any()
+                    else float("nan")
+                ),
+                "rows": int(self.rows),
+            }
+            if self.beta_units is not None:
+                out["fraction_beyond_beta"] = float(
+                    np.sum(self.beyond[columns]) / elements
+                )
+            return out
+
+        metrics = errors(slice(None))
+        if self.targets is not None and len(self.targets) > 1:
+            metrics["per_target"] = {
+                name: errors([i]) for i, name in enumerate(self.targets)
+            }
         return metrics
 
 
@@ -796,7 +819,9 @@ def _train_and_write(
     errors_start = time.perf_counter()
     # One pass over the file predicts every split.
     errors = {
-        split: StreamingErrors(max(1, math.ceil(n / SAMPLE_ROWS)), beta_units)
+        split: StreamingErrors(
+            max(1, math.ceil(n / SAMPLE_ROWS)), beta_units, prep.targets
+        )
         for split, n in table.rows.items()
     }
     for codes, frame in table.coded_frames():

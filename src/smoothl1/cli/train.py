@@ -154,16 +154,21 @@ def build_model(
 
 
 def regression_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, beta_in_units: np.ndarray | None
-) -> dict[str, float]:
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    beta_in_units: np.ndarray | None,
+    targets: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """MAE, RMSE, median absolute error, R^2 (averaged over targets) and the fraction
-    of residual elements with ``|d| >= beta`` (in the target's units)."""
+    of residual elements with ``|d| >= beta`` (in the target's units). With more
+    than one of ``targets``, also ``per_target``: the same for each target alone,
+    in its own units (the pooled errors mix the targets' units)."""
     residual = y_pred - y_true
     abs_residual = np.abs(residual)
     ss_res = (residual**2).sum(axis=0)
     ss_tot = ((y_true - y_true.mean(axis=0)) ** 2).sum(axis=0)
     r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), np.nan)
-    metrics = {
+    metrics: dict[str, Any] = {
         "mae": float(abs_residual.mean()),
         "rmse": float(np.sqrt((residual**2).mean())),
         "median_ae": float(np.median(abs_residual)),
@@ -172,7 +177,22 @@ def regression_metrics(
     }
     if beta_in_units is not None:
         metrics["fraction_beyond_beta"] = float((abs_residual >= beta_in_units).mean())
+    if targets is not None and len(targets) > 1:
+        betas = per_target_betas(beta_in_units, len(targets))
+        metrics["per_target"] = {
+            name: regression_metrics(
+                y_true[:, [i]], y_pred[:, [i]], None if betas is None else betas[[i]]
+            )
+            for i, name in enumerate(targets)
+        }
     return metrics
+
+
+def per_target_betas(beta_in_units: Any, n_targets: int) -> np.ndarray | None:
+    """One beta per target, in its units (a single beta serves every target)."""
+    if beta_in_units is None:
+        return None
+    return np.broadcast_to(np.asarray(beta_in_units, dtype="float64"), (n_targets,))
 
 
 @contextlib.contextmanager
@@ -585,7 +605,7 @@ def _train_and_write(
         offset += len(x)
         y_true = prep.inverse_y(y)
         predictions[name] = (y_true, y_pred)
-        metrics[name] = regression_metrics(y_true, y_pred, beta_units)
+        metrics[name] = regression_metrics(y_true, y_pred, beta_units, prep.targets)
 
     write_artifacts(folder, model, prep, history, predictions, beta_units)
     return metrics
