@@ -593,7 +593,7 @@ def test_numbers_stored_as_objects_are_numbers_and_typos_are_named(tmp_path):
         {
             "a": a,
             "d": [decimal.Decimal(f"{v:.3f}") for v in rng.normal(size=40)],
-            "y": [str(10**20 + i) for i in range(40)],  # beyond uint64, as text
+            "y": [10**20 + i for i in range(40)],  # beyond uint64: Python ints
         }
     )
     checked, features, categories, _ = data_mod.check_columns(frame, ["y"], False, 50)
@@ -614,3 +614,9 @@ def test_numbers_stored_as_objects_are_numbers_and_typos_are_named(tmp_path):
     frame = pd.DataFrame({"store": stores, "y": np.arange(200.0)})
     _, _, categories, _ = data_mod.check_columns(frame, ["y"], False, 50)
     assert categories["store"][-1] == "A1" and len(categories["store"]) == 11
+    # Rows to predict that hold only the numeric codes stay text for the trained
+    # category, and a column typed as text stays text.
+    new_rows = pd.DataFrame({"store": ["101", "102"], "zip": ["02134", "10001"]})
+    kept = data_mod.numbers_as_numbers(new_rows, categorical={"store"})
+    assert kept["store"].tolist() == ["101", "102"]
+    assert kept["zip"].tolist() == ["02134", "10001"]

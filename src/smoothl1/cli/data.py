@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import math
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,9 +341,13 @@ class Splits:
 MOSTLY_NUMERIC = 0.9
 
 
-def numbers_as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
-    """Columns of numbers that the reader left as objects (Parquet decimals,
-    integers beyond 64 bits, numbers quoted as text) as float64. A column whose
+def numbers_as_numbers(
+    frame: pd.DataFrame, categorical: Collection[str] = ()
+) -> pd.DataFrame:
+    """Columns of numbers that the reader left as objects that are not text
+    (Parquet decimals, integers beyond 64 bits) as float64; a column typed as text
+    stays text, and the ``categorical`` columns (a trained model's categories) are
+    left alone. A column whose
     values are numbers but for a few that each occur once (typos in a numeric
     column) is refused, naming the first, rather than one-hot encoded as a category
     of every distinct value; a non-number that repeats (store codes 101, 102 and
@@ -350,6 +355,8 @@ def numbers_as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
     converted = {}
     for column in frame.columns:
         series = frame[column]
+        if column in categorical:
+            continue
         if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
             continue
         if not (
@@ -363,6 +370,8 @@ def numbers_as_numbers(frame: pd.DataFrame) -> pd.DataFrame:
         numbers = pd.to_numeric(present, errors="coerce")
         share = float(numbers.notna().mean())
         if share == 1.0:
+            if present.map(lambda v: isinstance(v, str)).any():
+                continue
             converted[column] = pd.to_numeric(series, errors="coerce").astype("float64")
         elif share >= MOSTLY_NUMERIC and present[numbers.isna()].is_unique:
             position, value = first_non_numeric(series) or (0, "?")

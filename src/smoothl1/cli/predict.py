@@ -30,7 +30,7 @@ def predict_table(run_dir: Path, source: str) -> pd.DataFrame:
             "the run again"
         ) from error
     frame, _, _ = data_mod.read_table(source)
-    frame = data_mod.numbers_as_numbers(frame)
+    frame = data_mod.numbers_as_numbers(frame, categorical=prep.categories)
     data_mod.check_prediction_rows(frame, prep)
     with np.errstate(over="ignore", invalid="ignore"):
         x = prep.transform_x(frame)
