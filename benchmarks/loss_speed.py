@@ -50,13 +50,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import _worker
 import numpy as np
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -300,20 +300,9 @@ def worker(backend: str, sizes: list[int], quick: bool) -> dict:
 
 
 def run_backend(backend: str, sizes: list[int], quick: bool, cpus: int | None) -> dict:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-    }
-    env["KERAS_BACKEND"] = backend
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    command = [sys.executable, __file__, "--worker", backend]
-    command += ["--sizes", *map(str, sizes)] + (["--quick"] if quick else [])
-    command += ["--cpus", str(cpus)] if cpus else []
-    out = subprocess.run(
-        command, env=env, check=True, stdout=subprocess.PIPE, text=True
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    arguments = ["--sizes", *map(str, sizes)] + (["--quick"] if quick else [])
+    arguments += ["--cpus", str(cpus)] if cpus else []
+    return _worker.run_worker(__file__, backend, arguments)
 
 
 def _ms(seconds: float | None) -> str:
@@ -395,10 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = args.sizes or list(QUICK_SIZES if args.quick else SIZES)
     if args.worker:
-        if args.cpus:
-            # Before any backend starts its thread pools, which size themselves
-            # by the CPUs this process may use.
-            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
+        _worker.pin_cpus(args.cpus)
         print(json.dumps(worker(args.worker, sizes, args.quick)))
         return
     start = time.perf_counter()

@@ -25,11 +25,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
+import _worker
 import numpy as np
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -85,21 +85,10 @@ def worker(backend: str, size: int, batch: int, steps: int) -> dict:
 
 
 def run_backend(backend: str, args: argparse.Namespace) -> dict:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-    }
-    env["KERAS_BACKEND"] = backend
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    command = [sys.executable, __file__, "--worker", backend]
-    command += ["--size", str(args.size), "--batch", str(args.batch)]
-    command += ["--steps", str(args.steps)]
-    command += ["--cpus", str(args.cpus)] if args.cpus else []
-    out = subprocess.run(
-        command, env=env, check=True, stdout=subprocess.PIPE, text=True
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    arguments = ["--size", str(args.size), "--batch", str(args.batch)]
+    arguments += ["--steps", str(args.steps)]
+    arguments += ["--cpus", str(args.cpus)] if args.cpus else []
+    return _worker.run_worker(__file__, backend, arguments)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,8 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     args.size = args.size or (128 if args.quick else 256)
     args.steps = args.steps or (5 if args.quick else 10)
     if args.worker:
-        if args.cpus:
-            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
+        _worker.pin_cpus(args.cpus)
         print(json.dumps(worker(args.worker, args.size, args.batch, args.steps)))
         return
     start = time.perf_counter()

@@ -171,6 +171,14 @@ def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), spread
 
 
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows of one shape as a CSV file, a column per key of the first row."""
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_table(
     directory: Path,
     rows: list[dict[str, Any]],
@@ -181,10 +189,7 @@ def write_table(
     """Writes ``results.csv`` (every field) and ``results.md`` (the columns
     ``(title, key, format)``, a format such as ``"{:.3f}"`` or ``"{}"``) and returns
     the Markdown."""
-    with open(directory / "results.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(directory / "results.csv", rows)
     header = "| " + " | ".join(title for title, _, _ in markdown_columns) + " |"
     rule = "| " + " | ".join(
         "---:" if ":" in form else "---" for _, _, form in markdown_columns

@@ -37,7 +37,6 @@ stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import math
@@ -49,6 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import _recipe
 import keras
 import numpy as np
 from keras import ops
@@ -506,10 +506,7 @@ def run(
         ious = decoded_ious(deltas, y_test, anchors)
         rows.append(summary_row(name, CALLS[name], ious, seconds))
 
-    with open(out / "results.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    _recipe.write_csv(out / "results.csv", rows)
     table = markdown(rows)
     (out / "results.md").write_text(table)
     (out / "settings.json").write_text(

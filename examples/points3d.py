@@ -38,7 +38,6 @@ Writes into ``--out`` (never into an existing directory unless ``--overwrite``):
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import sys
 import time
@@ -322,10 +321,7 @@ def run(directory: Path, settings: Settings, seeds: Sequence[int]) -> str:
                 if seed == seeds[0] and fraction == worst:
                     curves[name] = errors
 
-    with open(directory / "per_seed.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(per_seed[0]))
-        writer.writeheader()
-        writer.writerows(per_seed)
+    _recipe.write_csv(directory / "per_seed.csv", per_seed)
     rows = summarize(per_seed)
     table = _recipe.write_table(
         directory,

@@ -31,7 +31,6 @@ photograph), ``super_resolution.png`` (one crop: bicubic against each loss) and
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import sys
 import time
@@ -305,10 +304,7 @@ def run(directory: Path, settings: Settings, seeds: Sequence[int]) -> str:
                 panels[name] = enlarge(model, crop_image)[crop_rows, crop_cols]
     panels["original"] = crop_truth
 
-    with open(directory / "per_seed.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(per_seed[0]))
-        writer.writeheader()
-        writer.writerows(per_seed)
+    _recipe.write_csv(directory / "per_seed.csv", per_seed)
     rows = summarize(per_seed, seconds)
     table = _recipe.write_table(
         directory,

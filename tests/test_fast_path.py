@@ -16,6 +16,9 @@ No timing here: speed is measured by ``benchmarks/loss_speed.py``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -299,19 +302,15 @@ def test_compiled_training_mode_matches_the_formula():
 
 
 def _n_sized_temporaries(hlo: str, n: int) -> int:
-    """Buffers of at least ``n`` float32 elements that the entry computation of an
-    HLO module computes and does not return (parameters and views excluded)."""
-    lines = hlo[hlo.index("\nENTRY") :].splitlines()[1:]
-    root = next(line for line in lines if "ROOT" in line)
-    views = ("parameter(", "bitcast(", "get-tuple-element(", "tuple(", "constant(")
-    count = 0
-    for line in lines:
-        name, _, rest = line.strip().partition(" = ")
-        if not rest.startswith("f32[") or name in root or any(v in rest for v in views):
-            continue
-        dims = [int(x) for x in rest[4 : rest.index("]")].split(",") if x]
-        count += int(np.prod(dims)) >= n
-    return count
+    """The benchmark's count of N-sized temporaries in a compiled HLO module
+    (``benchmarks/loss_speed.py``), so that the test and the README's memory table
+    count the same thing."""
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    import loss_speed
+
+    return loss_speed._hlo_temporaries(hlo, n)
 
 
 def test_backward_keeps_only_the_two_inputs():

@@ -248,16 +248,28 @@ def _weights_per_element(y_true: Any, y_pred: Any, sample_weight: Any) -> Any:
     return ops.copy(ops.broadcast_to(weights, ops.shape(y_pred)))
 
 
+# Keras's own accessors of the mask a tensor carries, read once. A Keras that moves
+# them: every tensor counts as masked (Keras's reduction then runs), and masks are
+# left to Keras as they are.
+try:
+    from keras.src.backend import get_keras_mask as _keras_mask_of
+    from keras.src.backend import set_keras_mask as _set_keras_mask
+except ImportError:  # pragma: no cover (depends on the Keras version)
+    _keras_mask_of, _set_keras_mask = None, None
+
+
+def _get_keras_mask(x: Any) -> Any:
+    return True if _keras_mask_of is None else _keras_mask_of(x)
+
+
 def _mask_per_element(y_pred: Any) -> Any:
     """With ``axis=None``, a Keras mask of ``y_pred`` with fewer axes (one entry per
     time step, say, from a ``Masking`` layer) spread over each sample's elements,
     as ``_weights_per_element`` does for weights, on a copy of ``y_pred`` (the
     caller's tensor keeps its mask). Without such a mask, ``y_pred`` itself."""
-    try:
-        from keras.src.backend import get_keras_mask, set_keras_mask
-    except ImportError:  # a Keras that moved them: leave the mask to Keras
+    if _set_keras_mask is None:  # a Keras that moved it: leave the mask to Keras
         return y_pred
-    mask = get_keras_mask(y_pred)
+    mask = _get_keras_mask(y_pred)
     if mask is None or len(mask.shape) >= len(y_pred.shape):
         return y_pred
     while len(mask.shape) < len(y_pred.shape):
@@ -265,7 +277,7 @@ def _mask_per_element(y_pred: Any) -> Any:
     # A copy, not a broadcast view: Keras scales the mask in place on PyTorch.
     spread = ops.copy(ops.broadcast_to(mask, ops.shape(y_pred)))
     y_pred = ops.copy(y_pred)
-    set_keras_mask(y_pred, spread)
+    _set_keras_mask(y_pred, spread)
     return y_pred
 
 
@@ -365,11 +377,7 @@ _ONE_SUM_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight",
 
 
 def _may_have_mask(x: Any) -> bool:
-    try:
-        from keras.src.backend import get_keras_mask
-    except ImportError:  # a Keras that moved it: assume a mask may be there
-        return True
-    return get_keras_mask(x) is not None
+    return _get_keras_mask(x) is not None
 
 
 def _in_tf_strategy() -> bool:

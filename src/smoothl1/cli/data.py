@@ -365,15 +365,19 @@ def numbers_as_numbers(
         ):
             continue
         present = series.dropna()
-        if present.empty or present.map(lambda v: isinstance(v, bool)).any():
+        if present.empty:
             continue
         numbers = pd.to_numeric(present, errors="coerce")
         share = float(numbers.notna().mean())
+        if share < MOSTLY_NUMERIC:
+            continue  # text: a category, the usual case
+        if present.map(lambda v: isinstance(v, bool)).any():
+            continue
         if share == 1.0:
             if present.map(lambda v: isinstance(v, str)).any():
                 continue
-            converted[column] = pd.to_numeric(series, errors="coerce").astype("float64")
-        elif share >= MOSTLY_NUMERIC and present[numbers.isna()].is_unique:
+            converted[column] = numbers.reindex(series.index).astype("float64")
+        elif present[numbers.isna()].is_unique:
             position, value = first_non_numeric(series) or (0, "?")
             raise UserError(
                 f"column {column!r} holds numbers but {value!r} at "

@@ -58,6 +58,7 @@ from smoothl1.cli.train import (
     check_model_options,
     loss_spec,
     make_loss,
+    metrics_header,
     seed_everything,
     stdout_to_stderr,
     write_artifacts,
@@ -800,15 +801,8 @@ def _train_and_write(
             verbose=2 if options.verbose else 0,
         )
 
-    beta = getattr(loss, "beta", None)
-    beta_units = None if beta is None else np.asarray(beta) * np.asarray(prep.y_std)
-    metrics: dict[str, Any] = {
-        "loss": spec,
-        "beta_in_target_units": None if beta_units is None else beta_units.tolist(),
-        "epochs": options.epochs,
-        "seed": options.seed,
-        "rows_by_split": dict(table.rows),
-    }
+    beta_units, metrics = metrics_header(options, spec, loss, prep)
+    metrics["rows_by_split"] = dict(table.rows)
     if parallel.devices > 1:
         metrics["devices"] = parallel.to_json()
         metrics["rows_left_out_for_devices"] = {

@@ -577,14 +577,7 @@ def _train_and_write(
             verbose=2 if options.verbose else 0,
         )
 
-    beta = getattr(loss, "beta", None)
-    beta_units = None if beta is None else np.asarray(beta) * np.asarray(prep.y_std)
-    metrics: dict[str, Any] = {
-        "loss": spec,
-        "beta_in_target_units": None if beta_units is None else beta_units.tolist(),
-        "epochs": options.epochs,
-        "seed": options.seed,
-    }
+    beta_units, metrics = metrics_header(options, spec, loss, prep)
     if parallel.devices > 1:
         metrics["devices"] = parallel.to_json()
         metrics["rows_left_out_for_devices"] = {
@@ -609,6 +602,25 @@ def _train_and_write(
 
     write_artifacts(folder, model, prep, history, predictions, beta_units)
     return metrics
+
+
+def metrics_header(
+    options: FitOptions,
+    spec: str,
+    loss: keras.losses.Loss,
+    prep: data_mod.Preprocessing,
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The loss's beta in the targets' units (None for a loss without beta), and
+    the first entries of ``metrics.json``: what was trained, and how."""
+    beta = getattr(loss, "beta", None)
+    beta_units = None if beta is None else np.asarray(beta) * np.asarray(prep.y_std)
+    metrics: dict[str, Any] = {
+        "loss": spec,
+        "beta_in_target_units": None if beta_units is None else beta_units.tolist(),
+        "epochs": options.epochs,
+        "seed": options.seed,
+    }
+    return beta_units, metrics
 
 
 def write_artifacts(
