@@ -53,9 +53,9 @@ from smoothl1.cli.data import UserError
 from smoothl1.cli.train import (
     FitOptions,
     FitResult,
-    RunDirectory,
     build_model,
     check_model_options,
+    fit_run_directory,
     loss_spec,
     make_loss,
     metrics_header,
@@ -705,12 +705,7 @@ def fit_stream(options: FitOptions, chunk_rows: int = CHUNK_ROWS) -> FitResult:
     table = scan(options, chunk_rows)
     seconds = {"first_pass": time.perf_counter() - scan_start}
     make_loss(spec, len(table.targets))  # one value per target where it takes one
-    run = RunDirectory(
-        options.out,
-        f"{table.data_name}-{spec.replace(':', '-').replace('=', '')}-"
-        f"{time.strftime('%Y%m%d-%H%M%S')}",
-        options.overwrite,
-    )
+    run = fit_run_directory(options, table.data_name, spec)
     try:
         with parallel.scope():
             metrics = _train_and_write(

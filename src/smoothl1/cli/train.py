@@ -423,6 +423,14 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def fit_run_directory(options: FitOptions, data_name: str, spec: str) -> RunDirectory:
+    """The run directory of ``fit``: ``--out``, or ``runs/<data>-<loss>-<time>``."""
+    name = f"{data_name}-{spec.replace(':', '-').replace('=', '')}-"
+    return RunDirectory(
+        options.out, name + time.strftime("%Y%m%d-%H%M%S"), options.overwrite
+    )
+
+
 # ---------------------------------------------------------------- the job
 
 
@@ -468,12 +476,7 @@ def fit_table(options: FitOptions) -> FitResult:
         spec = loss_spec(options.loss, suggestion.betas, options.delta)
         loss = make_loss(spec)
 
-    run = RunDirectory(
-        options.out,
-        f"{table.data_name}-{spec.replace(':', '-').replace('=', '')}-"
-        f"{time.strftime('%Y%m%d-%H%M%S')}",
-        options.overwrite,
-    )
+    run = fit_run_directory(options, table.data_name, spec)
     try:
         with parallel.scope():
             metrics = _train_and_write(
